@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+PYTHON_SYSTEM ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test test-all bench lint clean
+
+$(INSTALLED): setup.cfg pyproject.toml
+	test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)  ## train, evaluate and export every app on its embedded data; one summary table
+	$(PYTHON) -m apps.demo
+
+test: $(INSTALLED)  ## the fast suite (what CI runs)
+	$(PYTHON) -m pytest
+
+test-all: $(INSTALLED)  ## the fast suite plus the minutes-long tests
+	$(PYTHON) -m pytest -m "slow or not slow"
+
+bench: $(INSTALLED)  ## every benchmark under bench/; tables on stdout, JSON in bench/results/
+	$(PYTHON) -m bench
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs bench/results .pytest_cache

@@ -1,0 +1,1 @@
+"""The task-oriented apps; each runs as `python -m apps.<task> <command> [options]`."""

@@ -1,0 +1,524 @@
+"""Digit OCR with LeNet-5: train, evaluate, read digits from images, export for serving and phones.
+
+    python -m apps.digit_ocr train                       # embedded digits, classic LeNet-5
+    python -m apps.digit_ocr train --model lenet5-modern --data ../shared/data/mnist
+    python -m apps.digit_ocr evaluate
+    python -m apps.digit_ocr predict postcode.png amount.jpg
+    python -m apps.digit_ocr export                      # -> saved_models/digit_ocr/<version>/
+
+LeNet-5 (LeCun, Bottou, Bengio & Haffner, 1998) reads a 32x32 image through two rounds of
+convolution and subsampling, then three fully connected layers:
+
+    32x32x1 -C1 6@5x5-> 28x28x6 -S2-> 14x14x6 -C3 16@5x5-> 10x10x16 -S4-> 5x5x16
+            -C5 120@5x5-> 1x1x120 -F6 84-> 84 -> 10
+
+`lenet5` keeps the paper's choices: tanh units, average-pool subsampling and C3's sparse connection
+table (each C3 map sees 3, 4 or all 6 of the S2 maps, Table I of the paper). The output is a
+softmax instead of the paper's Euclidean RBF units. `lenet5-modern` keeps the topology with what
+came after: ReLU, max pooling, batch normalisation and dropout.
+"""
+
+import argparse
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from apps import runner
+from apps.runner import UsageError
+from pipelines import images as image_data
+from serving import export as exporting
+from serving.litert import LiteRTModel
+
+APP = "digit_ocr"
+MODELS = ("lenet5", "lenet5-modern")
+DEFAULT_MODEL = "lenet5"
+DEFAULT_DATA = "digits"
+EPOCHS = 30
+BATCH_SIZE = 64  # per replica
+LEARNING_RATE = 2e-3  # Adam, decayed along a cosine to zero over the run
+SEED = 42
+INPUT_SHAPE = (image_data.MODEL_SIZE, image_data.MODEL_SIZE, 1)
+MODEL_BASE = Path("saved_models")
+
+
+def default_run_dir(model_name: str) -> Path:
+    return runner.RUNS_ROOT / APP / model_name
+
+
+# ---------------------------------------------------------------------------------------------
+# The models
+# ---------------------------------------------------------------------------------------------
+
+# LeNet-5's Table I: which of the 6 S2 maps (rows) feed each of the 16 C3 maps (columns).
+# Maps 0-5 see 3 neighbouring S2 maps, 6-11 see 4 neighbours, 12-14 see 4 non-neighbours,
+# map 15 sees all 6. Breaking the symmetry this way makes the maps learn different features.
+C3_INPUTS = (
+    [[j, (j + 1) % 6, (j + 2) % 6] for j in range(6)]
+    + [[j, (j + 1) % 6, (j + 2) % 6, (j + 3) % 6] for j in range(6)]
+    + [[0, 1, 3, 4], [1, 2, 4, 5], [0, 2, 3, 5]]
+    + [list(range(6))]
+)
+
+
+@keras.saving.register_keras_serializable(package=APP)
+class ConnectionTable(keras.constraints.Constraint):
+    """Keeps a convolution kernel [h, w, in, out] at zero where `inputs[out]` omits an input map."""
+
+    def __init__(self, inputs, input_maps):
+        self.inputs = [list(map(int, sources)) for sources in inputs]
+        self.input_maps = int(input_maps)
+        mask = np.zeros((self.input_maps, len(self.inputs)), dtype="float32")
+        for out, sources in enumerate(self.inputs):
+            mask[sources, out] = 1.0
+        self.mask = mask
+
+    def __call__(self, kernel):
+        return kernel * ops.convert_to_tensor(self.mask, dtype=kernel.dtype)
+
+    def get_config(self):
+        return {"inputs": self.inputs, "input_maps": self.input_maps}
+
+
+def build_lenet5(num_classes: int = 10) -> keras.Model:
+    c3_table = ConnectionTable(C3_INPUTS, input_maps=6)
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    x = layers.Conv2D(6, 5, activation="tanh", name="C1")(inputs)  # 28x28x6
+    x = layers.AveragePooling2D(2, name="S2")(x)  # 14x14x6
+    x = layers.Conv2D(16, 5, activation="tanh", kernel_constraint=c3_table, name="C3")(x)  # 10x10
+    x = layers.AveragePooling2D(2, name="S4")(x)  # 5x5x16
+    x = layers.Conv2D(120, 5, activation="tanh", name="C5")(x)  # 1x1x120
+    x = layers.Flatten()(x)
+    x = layers.Dense(84, activation="tanh", name="F6")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="lenet5")
+    # Constraints act after each update; start from a kernel that already obeys the table.
+    c3 = model.get_layer("C3")
+    c3.kernel.assign(c3_table(c3.kernel))
+    return model
+
+
+def build_lenet5_modern(num_classes: int = 10, dropout: float = 0.25) -> keras.Model:
+    def conv_block(x, filters, name, pool=True):
+        x = layers.Conv2D(filters, 5, use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = layers.ReLU()(x)
+        return layers.MaxPooling2D(2)(x) if pool else x
+
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    x = conv_block(inputs, 6, "C1")  # 14x14x6
+    x = conv_block(x, 16, "C3")  # 5x5x16
+    x = conv_block(x, 120, "C5", pool=False)  # 1x1x120
+    x = layers.Flatten()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(84, activation="relu", name="F6")(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="lenet5_modern")
+
+
+def build_model(model_name: str, num_classes: int = 10) -> keras.Model:
+    builders = {"lenet5": build_lenet5, "lenet5-modern": build_lenet5_modern}
+    if model_name not in builders:
+        raise UsageError(f"--model {model_name}: choose from {', '.join(MODELS)}")
+    return builders[model_name](num_classes)
+
+
+def compile_model(model: keras.Model, steps: int) -> keras.Model:
+    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=max(steps, 1))
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+
+def count(split: tf.data.Dataset) -> int:
+    known = int(split.cardinality())
+    return known if known >= 0 else sum(1 for _ in split)
+
+
+def train(
+    data: str = DEFAULT_DATA,
+    model_name: str = DEFAULT_MODEL,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    strategy_name: str = "auto",
+    run_dir: Path | None = None,
+    augment: bool = False,
+    seed: int = SEED,
+    verbose: int | str = "auto",
+) -> dict:
+    """Trains on `data`'s training split, selects on validation, reports on test."""
+    run_dir = Path(run_dir or default_run_dir(model_name))
+    keras.utils.set_random_seed(seed)
+    dataset = image_data.load_image_dataset(data)
+    strategy = runner.choose_strategy(strategy_name)
+    global_batch = batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = -(-count(dataset.train) // global_batch)
+
+    resumed_after = runner.start_run(run_dir)
+    if resumed_after is not None:
+        print(f"Resuming {run_dir} from its backup after epoch {resumed_after}")
+    runner.write_json(
+        run_dir / "run.json",
+        {"app": APP, "model": model_name, "data": data, "class_names": dataset.class_names,
+         "epochs": epochs, "batch_size": batch_size, "augment": augment, "seed": seed},
+    )
+    with strategy.scope():
+        model = build_model(model_name, dataset.num_classes)
+        compile_model(model, steps=epochs * steps_per_epoch)
+    model.fit(
+        image_data.batches(dataset.train, global_batch, shuffle=True, augment=augment, seed=seed),
+        validation_data=image_data.batches(dataset.validation, global_batch),
+        epochs=epochs,
+        callbacks=runner.training_callbacks(run_dir, resumed=resumed_after is not None),
+        verbose=verbose,
+    )
+    runner.plot_history(run_dir)
+    metrics = evaluate(run_dir, data=data, quiet=True)
+    runner.write_json(run_dir / "metrics.json", metrics)
+    print(
+        f"{APP} {model_name} on {dataset.name}: test accuracy {metrics['test_accuracy']:.4f}"
+        f" ({metrics['test_examples']} images), run directory {run_dir}"
+    )
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
+    import json
+
+    checkpoint = run_dir / "best.keras"
+    if not checkpoint.is_file():
+        raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
+    return keras.saving.load_model(checkpoint), json.loads((run_dir / "run.json").read_text())
+
+
+def evaluate(run_dir: Path | None = None, data: str | None = None, quiet: bool = False) -> dict:
+    """Test accuracy and per-class precision / recall of a run's best checkpoint."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    run_dir = Path(run_dir or default_run_dir(DEFAULT_MODEL))
+    model, run = load_run(run_dir)
+    dataset = image_data.load_image_dataset(data or run["data"])
+    images, labels = image_data.labelled_arrays(dataset.test)
+    predicted = model.predict(images, batch_size=256, verbose=0).argmax(axis=1)
+    classes = list(range(dataset.num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=classes, zero_division=0
+    )
+    confusion = confusion_matrix(labels, predicted, labels=classes)
+    plot_confusion(confusion, dataset.class_names, run_dir / "confusion_matrix.png")
+    metrics = {
+        "model": run["model"],
+        "data": dataset.name,
+        "test_accuracy": float((predicted == labels).mean()),
+        "test_examples": int(len(labels)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(dataset.class_names, precision, recall, f1, support)
+        },
+    }
+    runner.write_json(run_dir / "evaluation.json", metrics)
+    if not quiet:
+        runner.print_table(
+            [{"class": name, "precision": f"{v['precision']:.3f}", "recall": f"{v['recall']:.3f}",
+              "f1": f"{v['f1']:.3f}", "support": v["support"]}
+             for name, v in metrics["per_class"].items()]
+        )
+        print(
+            f"\ntest accuracy {metrics['test_accuracy']:.4f} on {len(labels)} images of"
+            f" {dataset.name}; confusion matrix and JSON in {run_dir}"
+        )
+    return metrics
+
+
+def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 5.4))
+    axis.imshow(confusion, cmap="Blues")
+    for (row, col), value in np.ndenumerate(confusion):
+        if value:
+            bright = value > confusion.max() / 2
+            axis.text(col, row, value, ha="center", va="center", fontsize=8,
+                      color="white" if bright else "black")
+    ticks = range(len(class_names))
+    axis.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+             xlabel="predicted", ylabel="true", title="Confusion matrix (test split)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: segment an image into digits, read each one
+# ---------------------------------------------------------------------------------------------
+
+SPECK_SHARE = 0.05  # components under 5% of the largest one's area are dust, not digits
+SAME_DIGIT_OVERLAP = 0.5  # column spans overlapping this much of the narrower are one digit
+
+
+def segment_digits(gray: np.ndarray) -> list[np.ndarray]:
+    """Splits a grey-level image of digits written in a row into one crop per digit, left to right.
+
+    Ink is separated from paper by a threshold between the background level (the median of the
+    border) and the brightest ink; connected components are the digit candidates. Specks are
+    dropped, and components whose column spans mostly overlap (a broken stroke, the two parts of
+    a 5 written in two movements) are merged. Each crop is light ink on black, other digits
+    masked out.
+    """
+    gray = gray.astype(np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > gray.mean():  # dark ink on light paper
+        gray, border = 255.0 - gray, 255.0 - border
+    background = float(np.median(border))
+    ink = np.clip(gray - background, 0, None)
+    if ink.max() <= 0:
+        return []
+    mask = ink > 0.35 * ink.max()
+    labels, found = ndimage.label(mask, structure=np.ones((3, 3)))
+    if not found:
+        return []
+    areas = ndimage.sum(mask, labels, index=np.arange(1, found + 1))
+    boxes = ndimage.find_objects(labels)
+    components = [
+        (boxes[i][1].start, boxes[i][1].stop, [i + 1])
+        for i in range(found)
+        if areas[i] >= SPECK_SHARE * areas.max()
+    ]
+    components.sort()
+    digits = []  # [left, right, component ids]
+    for left, right, ids in components:
+        if digits:
+            previous = digits[-1]
+            overlap = min(right, previous[1]) - max(left, previous[0])
+            narrower = min(right - left, previous[1] - previous[0])
+            if overlap >= SAME_DIGIT_OVERLAP * narrower:
+                digits[-1] = [min(left, previous[0]), max(right, previous[1]), previous[2] + ids]
+                continue
+        digits.append([left, right, ids])
+
+    crops = []
+    for _, _, ids in digits:
+        # Grow the mask by two pixels so the anti-aliased rim of each stroke is kept.
+        region = ndimage.binary_dilation(np.isin(labels, ids), iterations=2)
+        rows, cols = np.nonzero(region)
+        crop = np.where(region, ink, 0.0)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        crops.append(np.pad(crop, 4)[..., None])  # a dark margin: MNIST framing reads the border
+    return crops
+
+
+def read_image(path: Path) -> np.ndarray:
+    image_data.check_image_file(path)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def predict(files: list[Path], run_dir: Path | None = None) -> list[dict]:
+    """Reads the digits in each image file: a string, and a confidence per digit."""
+    run_dir = Path(run_dir or default_run_dir(DEFAULT_MODEL))
+    grays = [read_image(Path(f)) for f in files]  # every file checked before any work is done
+    model, run = load_run(run_dir)
+    class_names = run["class_names"]
+    results = []
+    for path, gray in zip(files, grays):
+        crops = segment_digits(gray)
+        if not crops:
+            results.append({"file": str(path), "text": "", "digits": [], "confidences": []})
+            continue
+        frames = np.stack([image_data.mnist_normalize(crop).numpy() for crop in crops])
+        probabilities = model.predict(image_data.to_model_input(frames), verbose=0)
+        best = probabilities.argmax(axis=1)
+        digits = [class_names[i] for i in best]
+        results.append({
+            "file": str(path),
+            "text": "".join(digits),
+            "digits": digits,
+            "confidences": [float(p) for p in probabilities.max(axis=1)],
+        })
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# export: SavedModel for TF Serving, .tflite for phones
+# ---------------------------------------------------------------------------------------------
+
+TFLITE_SIGNATURE = "predict_pixels"
+REPRESENTATIVE_IMAGES = 200  # calibration images for full-int8 quantisation
+
+
+def serving_archive(model: keras.Model) -> keras.export.ExportArchive:
+    """`serving_default` reads encoded images; `predict_pixels` takes model-ready floats."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def read_encoded(images):  # [batch] PNG / JPEG / BMP / GIF bytes
+        frames = tf.map_fn(
+            lambda encoded: image_data.mnist_normalize(image_data.decode_grayscale(encoded)),
+            images,
+            fn_output_signature=tf.TensorSpec([28, 28, 1], tf.uint8),
+        )
+        probabilities = model(image_data.to_model_input(frames), training=False)
+        return {"digit": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
+                "probabilities": probabilities}
+
+    def read_pixels(pixels):  # [batch, 32, 32, 1] float32 in [0, 1], light on dark
+        probabilities = model(pixels, training=False)
+        return {"digit": tf.argmax(probabilities, axis=-1, output_type=tf.int32),
+                "probabilities": probabilities}
+
+    archive.add_endpoint(
+        "serving_default", read_encoded,
+        input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+    )
+    archive.add_endpoint(
+        TFLITE_SIGNATURE, read_pixels,
+        input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name="pixels")],
+    )
+    return archive
+
+
+def tflite_accuracy(content: bytes, images: np.ndarray, labels: np.ndarray) -> float:
+    litert = LiteRTModel(content, TFLITE_SIGNATURE)
+    correct = 0
+    for start in range(0, len(images), 256):
+        outputs = litert(pixels=images[start : start + 256])
+        predicted = outputs["probabilities"].argmax(axis=1)
+        correct += int((predicted == labels[start : start + 256]).sum())
+    return correct / len(labels)
+
+
+def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False) -> dict:
+    """Publishes a run's best model as the next version under `model_base/digit_ocr/`."""
+    run_dir = Path(run_dir or default_run_dir(DEFAULT_MODEL))
+    model, run = load_run(run_dir)
+    dataset = image_data.load_image_dataset(run["data"])
+    test_images, test_labels = image_data.labelled_arrays(dataset.test)
+    calibration, _ = image_data.labelled_arrays(dataset.train.take(REPRESENTATIVE_IMAGES))
+    keras_accuracy = float(
+        (model.predict(test_images, batch_size=256, verbose=0).argmax(1) == test_labels).mean()
+    )
+    report = {"keras": {"accuracy": keras_accuracy}, "test_examples": int(len(test_labels))}
+
+    def write(version_dir: Path) -> None:
+        serving_archive(model).write_out(str(version_dir), verbose=False)
+        extra = version_dir / exporting.EXTRA_DIR
+        extra.mkdir()
+        (extra / "labels.txt").write_text("\n".join(run["class_names"]) + "\n")
+        for variant in tqdm(exporting.TFLITE_VARIANTS, desc="TFLite", disable=quiet):
+            content = exporting.convert_to_tflite(
+                version_dir, TFLITE_SIGNATURE, variant, (x[None] for x in calibration)
+            )
+            path = extra / f"{APP}_{variant}.tflite"
+            path.write_bytes(content)
+            report[variant] = {
+                "file": path.name,
+                "bytes": len(content),
+                "accuracy": tflite_accuracy(content, test_images, test_labels),
+            }
+        runner.write_json(extra / "tflite_report.json", report)
+
+    version_dir = exporting.publish(Path(model_base) / APP, write)
+    report["saved_model"] = str(version_dir)
+    if not quiet:
+        runner.print_table(
+            [{"format": "Keras", "file": "best.keras", "size (KiB)": "",
+              "test accuracy": f"{keras_accuracy:.4f}"}]
+            + [{"format": f"TFLite {v}", "file": report[v]["file"],
+                "size (KiB)": f"{report[v]['bytes'] / 1024:.1f}",
+                "test accuracy": f"{report[v]['accuracy']:.4f}"}
+               for v in exporting.TFLITE_VARIANTS]
+        )
+        print(f"\nSavedModel and .tflite files in {version_dir}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.digit_ocr",
+        description="Digit OCR with LeNet-5: train, evaluate, read digits from images, export.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_run_options(sub):
+        sub.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
+                         help="default: %(default)s")
+        sub.add_argument("--run-dir", type=Path,
+                         help="run directory (default: runs/digit_ocr/<model>)")
+        return sub
+
+    train_parser = with_run_options(commands.add_parser("train", help="train a model"))
+    train_parser.add_argument(
+        "--data", default=DEFAULT_DATA,
+        help="digits (embedded, default), a folder of MNIST IDX files, tfds:NAME,"
+             " or a folder of one subfolder of images per class",
+    )
+    train_parser.add_argument("--augment", action="store_true",
+                              help="light random shifts, rotations and zooms while training")
+    train_parser.add_argument("--seed", type=int, default=SEED)
+    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                              help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
+    runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
+
+    evaluate_parser = with_run_options(commands.add_parser("evaluate", help="test-split figures"))
+    evaluate_parser.add_argument("--data", help="evaluate on another dataset (default: the run's)")
+
+    predict_parser = with_run_options(
+        commands.add_parser("predict", help="read the digits in image files")
+    )
+    predict_parser.add_argument("files", nargs="+", type=Path, metavar="IMAGE",
+                                help="PNG/JPEG of any size, one or more digits in a row")
+
+    export_parser = with_run_options(
+        commands.add_parser("export", help="SavedModel version + .tflite files")
+    )
+    export_parser.add_argument("--model-base", type=Path, default=MODEL_BASE,
+                               help="default: %(default)s")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    run_dir = args.run_dir or default_run_dir(args.model)
+    if args.command == "train":
+        runner.split_cpu(args.devices)
+        train(args.data, args.model, args.epochs, args.batch_size, args.strategy, run_dir,
+              args.augment, args.seed, args.verbose)
+    elif args.command == "evaluate":
+        evaluate(run_dir, args.data)
+    elif args.command == "predict":
+        for result in predict(args.files, run_dir):
+            confidences = " ".join(f"{c:.2f}" for c in result["confidences"])
+            text = result["text"] or "(no digits found)"
+            print(f"{result['file']}: {text}" + (f"  [{confidences}]" if confidences else ""))
+    elif args.command == "export":
+        export(run_dir, args.model_base)
+
+
+if __name__ == "__main__":
+    runner.run_cli(main)

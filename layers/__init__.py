@@ -1,0 +1,1 @@
+"""Reusable Keras 3 building blocks shared by the apps."""

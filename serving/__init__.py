@@ -1,0 +1,1 @@
+"""Export to SavedModel (TensorFlow Serving layout) and TFLite / LiteRT."""

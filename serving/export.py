@@ -1,0 +1,86 @@
+"""Publishing models: SavedModel versions laid out for TensorFlow Serving, and `.tflite` variants.
+
+    saved_models/<app>/<version>/            a complete SavedModel, renamed into place at once
+        saved_model.pb, variables/, assets/
+        assets.extra/                        TF Serving's place for files the graph does not load:
+            <app>_float32.tflite ...         so its version scan never trips over them
+            labels.txt, tflite_report.json
+
+A version directory is written under a temporary name inside the model's base directory (TF
+Serving ignores names that are not integers) and renamed when complete, so a server polling the
+base never loads half a model and a failed export leaves nothing behind.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+EXTRA_DIR = "assets.extra"
+
+
+def versions(model_base: Path) -> list[int]:
+    if not model_base.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_base.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def publish(model_base: Path, write: Callable[[Path], None]) -> Path:
+    """Calls `write(directory)` on a temporary directory, then renames it to the next version."""
+    model_base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=model_base))
+    try:
+        write(staging)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from a serving user
+        while True:
+            target = model_base / str((versions(model_base) or [0])[-1] + 1)
+            try:
+                os.rename(staging, target)  # atomic on one filesystem
+                return target
+            except OSError:
+                if not target.exists():
+                    raise  # a real failure, not a concurrent export taking the number
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def convert_to_tflite(
+    saved_model_dir: Path,
+    signature: str,
+    variant: str,
+    representative_inputs: Iterable[np.ndarray] | None = None,
+) -> bytes:
+    """One signature of a SavedModel as a `.tflite` flatbuffer, builtin ops only.
+
+    - float32: as trained.
+    - float16: weights stored as float16 (half the size), computed in float32.
+    - dynamic: weights int8, activations quantised on the fly.
+    - int8: everything int8 including inputs and outputs, calibrated on `representative_inputs`
+      (single input arrays of batch 1); what integer-only accelerators need.
+    """
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r}; choose from {TFLITE_VARIANTS}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model_dir), signature_keys=[signature]
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "int8":
+        if representative_inputs is None:
+            raise ValueError("int8 conversion needs representative inputs")
+        converter.representative_dataset = lambda: ([x] for x in representative_inputs)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()

@@ -1,0 +1,41 @@
+"""Shared fixtures. TensorFlow is imported once per process; the CPU is split into two logical
+devices before anything touches it, so MirroredStrategy can be tested without GPUs."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from apps import runner  # noqa: E402
+
+runner.split_cpu(2)
+
+SHORT_EPOCHS = 12  # enough for LeNet-5 to be far past chance on the embedded digits
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from pipelines.images import load_digits
+
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A classic LeNet-5 trained briefly on the embedded digits; its run directory."""
+    from apps import digit_ocr
+
+    run_dir = tmp_path_factory.mktemp("run") / "lenet5"
+    digit_ocr.train(epochs=SHORT_EPOCHS, run_dir=run_dir, verbose=0)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory):
+    """The trained run exported once: (model base, export report)."""
+    from apps import digit_ocr
+
+    model_base = tmp_path_factory.mktemp("saved_models")
+    report = digit_ocr.export(trained_run, model_base, quiet=True)
+    return model_base, report
