@@ -74,23 +74,30 @@ def backup_dir(run_dir: Path) -> Path:
 
 
 def resumable_epoch(run_dir: Path) -> int | None:
-    """The epoch a re-run will resume after, when a BackupAndRestore backup is present."""
+    """How many epochs a BackupAndRestore backup in `run_dir` holds (None: no backup)."""
     metadata = backup_dir(run_dir) / "training_metadata.json"
     if not metadata.is_file():
         return None
-    return int(json.loads(metadata.read_text()).get("epoch", -1)) + 1
+    return int(json.loads(metadata.read_text())["epoch"])
 
 
 def start_run(run_dir: Path) -> int | None:
     """Prepares `run_dir` for training; returns the epoch it resumes after, or None when fresh.
 
-    A fresh run clears what an earlier finished run left, so its history does not mix in.
+    A fresh run clears what an earlier finished run left, so its history does not mix in. A
+    resumed run drops history rows of epochs the backup does not hold (the kill came between
+    the row and the backup): they are trained again.
     """
     resumed = resumable_epoch(run_dir)
     if resumed is None and run_dir.exists():
         for leftover in ("history.csv", "logs", "metrics.json", "best.keras"):
             path = run_dir / leftover
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    history = run_dir / "history.csv"
+    if resumed is not None and history.is_file():
+        lines = history.read_text().splitlines(keepends=True)
+        kept = [line for line in lines[1:] if int(line.split(",")[0]) < resumed]
+        history.write_text("".join(lines[:1] + kept))
     run_dir.mkdir(parents=True, exist_ok=True)
     return resumed
 
@@ -98,13 +105,19 @@ def start_run(run_dir: Path) -> int | None:
 def training_callbacks(run_dir: Path, monitor: str = "val_accuracy", resumed: bool = False):
     import keras
 
+    # A resumed run must beat the best epoch before the kill to replace best.keras.
+    history = read_history(run_dir) if resumed and (run_dir / "history.csv").is_file() else {}
+    best_so_far = max(history[monitor]) if history.get(monitor) else None
+    # Order matters at the end of an epoch: the history row and the best checkpoint are
+    # written before the backup that says the epoch is done.
     return [
-        keras.callbacks.BackupAndRestore(str(backup_dir(run_dir))),
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / "best.keras"), monitor=monitor, mode="max", save_best_only=True
-        ),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / "best.keras"), monitor=monitor, mode="max", save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
+        keras.callbacks.BackupAndRestore(str(backup_dir(run_dir)), double_checkpoint=True),
     ]
 
 

@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import DataError
-from pipelines import images
+from pipelines import DataError, images
 
 
 def write_idx(path, array, gz):
