@@ -15,15 +15,11 @@ A run directory holds one training run:
 import argparse
 import csv
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
-# Quiet TensorFlow's C++ start-up chatter before anything imports it (users can override).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from pipelines import DataError  # noqa: E402
+from pipelines import DataError
 
 RUNS_ROOT = Path("runs")
 STRATEGIES = ("auto", "one", "mirrored")

@@ -1,13 +1,9 @@
 """Shared fixtures. TensorFlow is imported once per process; the CPU is split into two logical
 devices before anything touches it, so MirroredStrategy can be tested without GPUs."""
 
-import os
+import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import pytest  # noqa: E402
-
-from apps import runner  # noqa: E402
+from apps import runner  # first: it quiets TensorFlow's C++ logging before the import
 
 runner.split_cpu(2)
 

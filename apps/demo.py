@@ -1,0 +1,24 @@
+"""`make demo`: every app trains on its embedded data, is evaluated and exported; one summary table.
+
+    python -m apps.demo
+"""
+
+import time
+
+from apps import digit_ocr, runner
+
+DEMOS = [digit_ocr.demo]
+
+
+def main() -> None:
+    started = time.perf_counter()
+    rows = []
+    for demo in DEMOS:
+        print(f"\n=== {demo.__module__} ===")
+        rows.append(demo())
+    print(f"\nDemo finished in {(time.perf_counter() - started) / 60:.1f} min\n")
+    runner.print_table(rows)
+
+
+if __name__ == "__main__":
+    runner.run_cli(lambda argv: main())
