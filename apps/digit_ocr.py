@@ -190,7 +190,8 @@ def train(
         verbose=verbose,
     )
     runner.plot_history(run_dir)
-    metrics = evaluate(run_dir, data=data, quiet=True)
+    best_model, _ = load_run(run_dir)
+    metrics = test_metrics(best_model, dataset, run_dir, model_name)
     runner.write_json(run_dir / "metrics.json", metrics)
     print(
         f"{APP} {model_name} on {dataset.name}: test accuracy {metrics['test_accuracy']:.4f}"
@@ -211,13 +212,11 @@ def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
     return keras.saving.load_model(checkpoint), json.loads((run_dir / "run.json").read_text())
 
 
-def evaluate(run_dir: Path | None = None, data: str | None = None, quiet: bool = False) -> dict:
-    """Test accuracy and per-class precision / recall of a run's best checkpoint."""
+def test_metrics(model: keras.Model, dataset: image_data.ImageDataset, run_dir: Path,
+                 model_name: str) -> dict:
+    """Test accuracy and per-class precision / recall; evaluation.json and the confusion PNG."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    run_dir = Path(run_dir or default_run_dir(DEFAULT_MODEL))
-    model, run = load_run(run_dir)
-    dataset = image_data.load_image_dataset(data or run["data"])
     images, labels = image_data.labelled_arrays(dataset.test)
     predicted = model.predict(images, batch_size=256, verbose=0).argmax(axis=1)
     classes = list(range(dataset.num_classes))
@@ -227,7 +226,7 @@ def evaluate(run_dir: Path | None = None, data: str | None = None, quiet: bool =
     confusion = confusion_matrix(labels, predicted, labels=classes)
     plot_confusion(confusion, dataset.class_names, run_dir / "confusion_matrix.png")
     metrics = {
-        "model": run["model"],
+        "model": model_name,
         "data": dataset.name,
         "test_accuracy": float((predicted == labels).mean()),
         "test_examples": int(len(labels)),
@@ -237,16 +236,24 @@ def evaluate(run_dir: Path | None = None, data: str | None = None, quiet: bool =
         },
     }
     runner.write_json(run_dir / "evaluation.json", metrics)
-    if not quiet:
-        runner.print_table(
-            [{"class": name, "precision": f"{v['precision']:.3f}", "recall": f"{v['recall']:.3f}",
-              "f1": f"{v['f1']:.3f}", "support": v["support"]}
-             for name, v in metrics["per_class"].items()]
-        )
-        print(
-            f"\ntest accuracy {metrics['test_accuracy']:.4f} on {len(labels)} images of"
-            f" {dataset.name}; confusion matrix and JSON in {run_dir}"
-        )
+    return metrics
+
+
+def evaluate(run_dir: Path | None = None, data: str | None = None) -> dict:
+    """`evaluate`: a run's best checkpoint on the test split of its data (or of `data`)."""
+    run_dir = Path(run_dir or default_run_dir(DEFAULT_MODEL))
+    model, run = load_run(run_dir)
+    dataset = image_data.load_image_dataset(data or run["data"])
+    metrics = test_metrics(model, dataset, run_dir, run["model"])
+    runner.print_table(
+        [{"class": name, "precision": f"{v['precision']:.3f}", "recall": f"{v['recall']:.3f}",
+          "f1": f"{v['f1']:.3f}", "support": v["support"]}
+         for name, v in metrics["per_class"].items()]
+    )
+    print(
+        f"\ntest accuracy {metrics['test_accuracy']:.4f} on {metrics['test_examples']} images of"
+        f" {dataset.name}; confusion matrix and JSON in {run_dir}"
+    )
     return metrics
 
 

@@ -52,6 +52,15 @@ def test_run_directory_has_what_a_user_looks_at(trained_run):
     assert not (trained_run / "backup").exists()  # removed once training finished
 
 
+def test_evaluate_command_prints_per_class_table(trained_run, capsys):
+    digit_ocr.main(["evaluate", "--run-dir", str(trained_run)])
+    out = capsys.readouterr().out
+    assert "precision" in out and "recall" in out
+    figures = json.loads((trained_run / "evaluation.json").read_text())
+    assert f"test accuracy {figures['test_accuracy']:.4f} on 360 images" in out
+    assert sum(c["support"] for c in figures["per_class"].values()) == 360
+
+
 def test_c3_keeps_lenet5s_connection_table(trained_run):
     model, _ = digit_ocr.load_run(trained_run)
     kernel = model.get_layer("C3").kernel.numpy()  # [5, 5, 6 S2 maps, 16 C3 maps]
