@@ -26,12 +26,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
-from PIL import Image
-from scipy import ndimage
 from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
+from pipelines import digit_frames
 from pipelines import images as image_data
 from serving import export as exporting
 from serving.litert import LiteRTModel
@@ -45,6 +44,7 @@ BATCH_SIZE = 64  # per replica
 LEARNING_RATE = 2e-3  # AdamW, decayed along a cosine to zero over the run
 WEIGHT_DECAY = 5e-2  # decoupled; lifts classic LeNet-5 on the small embedded set by ~0.5 point
 SEED = 42
+MODERN_DROPOUT = 0.25  # before F6 and before the output layer of lenet5-modern
 INPUT_SHAPE = (image_data.MODEL_SIZE, image_data.MODEL_SIZE, 1)
 MODEL_BASE = Path("saved_models")
 
@@ -105,7 +105,7 @@ def build_lenet5(num_classes: int = 10) -> keras.Model:
     return model
 
 
-def build_lenet5_modern(num_classes: int = 10, dropout: float = 0.25) -> keras.Model:
+def build_lenet5_modern(num_classes: int = 10, dropout: float = MODERN_DROPOUT) -> keras.Model:
     def conv_block(x, filters, name, pool=True):
         x = layers.Conv2D(filters, 5, use_bias=False, name=name)(x)
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
@@ -282,75 +282,15 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path) ->
 # predict: segment an image into digits, read each one
 # ---------------------------------------------------------------------------------------------
 
-SPECK_SHARE = 0.05  # components under 5% of the largest one's area are dust, not digits
-SAME_DIGIT_OVERLAP = 0.5  # column spans overlapping this much of the narrower are one digit
-
-
-def segment_digits(gray: np.ndarray) -> list[np.ndarray]:
-    """Splits a grey-level image of digits written in a row into one crop per digit, left to right.
-
-    Ink is separated from paper by a threshold between the background level (the median of the
-    border) and the brightest ink; connected components are the digit candidates. Specks are
-    dropped, and components whose column spans mostly overlap (a broken stroke, the two parts of
-    a 5 written in two movements) are merged. Each crop is light ink on black, other digits
-    masked out.
-    """
-    gray = gray.astype(np.float32)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if border.mean() > gray.mean():  # dark ink on light paper
-        gray, border = 255.0 - gray, 255.0 - border
-    background = float(np.median(border))
-    ink = np.clip(gray - background, 0, None)
-    if ink.max() <= 0:
-        return []
-    mask = ink > 0.35 * ink.max()
-    labels, found = ndimage.label(mask, structure=np.ones((3, 3)))
-    if not found:
-        return []
-    areas = ndimage.sum(mask, labels, index=np.arange(1, found + 1))
-    boxes = ndimage.find_objects(labels)
-    components = [
-        (boxes[i][1].start, boxes[i][1].stop, [i + 1])
-        for i in range(found)
-        if areas[i] >= SPECK_SHARE * areas.max()
-    ]
-    components.sort()
-    digits = []  # [left, right, component ids]
-    for left, right, ids in components:
-        if digits:
-            previous = digits[-1]
-            overlap = min(right, previous[1]) - max(left, previous[0])
-            narrower = min(right - left, previous[1] - previous[0])
-            if overlap >= SAME_DIGIT_OVERLAP * narrower:
-                digits[-1] = [min(left, previous[0]), max(right, previous[1]), previous[2] + ids]
-                continue
-        digits.append([left, right, ids])
-
-    crops = []
-    for _, _, ids in digits:
-        # Grow the mask by two pixels so the anti-aliased rim of each stroke is kept.
-        region = ndimage.binary_dilation(np.isin(labels, ids), iterations=2)
-        rows, cols = np.nonzero(region)
-        crop = np.where(region, ink, 0.0)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-        crops.append(np.pad(crop, 4)[..., None])  # a dark margin: MNIST framing reads the border
-    return crops
-
-
-def read_image(path: Path) -> np.ndarray:
-    image_data.check_image_file(path)
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"))
-
-
 def predict(files: list[Path], run_dir: Path | None = None) -> list[dict]:
     """Reads the digits in each image file: a string, and a confidence per digit."""
     run_dir = Path(run_dir or default_run_dir(DEFAULT_MODEL))
-    grays = [read_image(Path(f)) for f in files]  # every file checked before any work is done
+    grays = [digit_frames.read_grayscale(Path(f)) for f in files]  # all checked up front
     model, run = load_run(run_dir)
     class_names = run["class_names"]
     results = []
     for path, gray in zip(files, grays):
-        crops = segment_digits(gray)
+        crops = digit_frames.segment_digits(gray)
         if not crops:
             results.append({"file": str(path), "text": "", "digits": [], "confidences": []})
             continue
@@ -408,7 +348,7 @@ def serving_archive(model: keras.Model) -> keras.export.ExportArchive:
 
 def tflite_predictions(content: bytes, images: np.ndarray) -> np.ndarray:
     """Class indices from a .tflite model run in the LiteRT interpreter, 256 images a call."""
-    litert = LiteRTModel(content, TFLITE_SIGNATURE)
+    litert = LiteRTModel(content).signature(TFLITE_SIGNATURE)
     return np.concatenate([
         litert(pixels=images[start : start + 256])["probabilities"].argmax(axis=1)
         for start in range(0, len(images), 256)
@@ -431,6 +371,11 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         extra = version_dir / exporting.EXTRA_DIR
         extra.mkdir()
         (extra / "labels.txt").write_text("\n".join(run["class_names"]) + "\n")
+        # What `python -m serving.litert` needs to read image files with these models.
+        runner.write_json(extra / "litert.json", {
+            "signature": TFLITE_SIGNATURE, "input": "pixels", "output": "probabilities",
+            "labels": "labels.txt", "preprocess": "mnist_digits",
+        })
         for variant in tqdm(exporting.TFLITE_VARIANTS, desc="TFLite", disable=quiet):
             content = exporting.convert_to_tflite(
                 version_dir, TFLITE_SIGNATURE, variant, (x[None] for x in calibration)

@@ -22,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from pipelines import DataError
+from pipelines.digit_frames import (
+    DIGIT_BOX,
+    FRAME_SIZE,
+    INK_LEVEL,
+    MODEL_SIZE,
+    check_image_file,
+)
 
-FRAME_SIZE = 28  # the MNIST frame every source is brought to
-DIGIT_BOX = 20  # MNIST fits each digit into a 20x20 box inside the frame
-MODEL_SIZE = 32  # LeNet-5 input: the 28x28 frame with a 2-pixel border, as LeCun et al. used it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 SPLIT_SEED = 1234  # fixed, so a split never changes between runs
@@ -66,7 +69,7 @@ def mnist_normalize(image: tf.Tensor) -> tf.Tensor:
     stretched; the ink's bounding box is fitted into a 20x20 box (aspect kept) inside the 28x28
     frame; the frame is then shifted so that the centre of mass of the ink sits at its centre.
     Works on any input size, in eager code, in `tf.data` maps and inside a SavedModel graph.
-    Returns uint8 [28, 28, 1].
+    Returns uint8 [28, 28, 1]. `digit_frames.mnist_frame` is the same in numpy, for LiteRT.
     """
     image = tf.cast(image, tf.float32)
     border = tf.concat(
@@ -79,7 +82,7 @@ def mnist_normalize(image: tf.Tensor) -> tf.Tensor:
     image = tf.nn.relu(image - tf.reduce_mean(border))
     image = image * (255.0 / tf.maximum(tf.reduce_max(image), 1e-3))
 
-    ink = image[:, :, 0] > 0.25 * 255.0
+    ink = image[:, :, 0] > INK_LEVEL * 255.0
     rows = tf.where(tf.reduce_any(ink, axis=1))[:, 0]
     cols = tf.where(tf.reduce_any(ink, axis=0))[:, 0]
     has_ink = tf.size(rows) > 0
@@ -326,18 +329,6 @@ def load_image_folder(root: Path) -> ImageDataset:
         validation=split(validation),
         test=split(test),
     )
-
-
-def check_image_file(path: Path) -> None:
-    """Raises DataError naming `path` unless it is a readable image."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as error:  # PIL raises many types for corrupt files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: not a readable image ({reason})") from None
 
 
 def network_reachable(address=TFDS_PROBE_HOST, timeout=TFDS_PROBE_SECONDS) -> bool:

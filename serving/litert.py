@@ -1,8 +1,23 @@
 """Runs `.tflite` models with LiteRT (`ai_edge_litert`) and numpy only, no TensorFlow: the situation
-on a phone. Integer-quantised inputs and outputs are (de)quantised here, so callers always deal in
-floats.
+on a phone.
+
+    python -m serving.litert saved_models/digit_ocr/1/assets.extra/digit_ocr_int8.tflite code.png
+
+As a library, a model is one interpreter with named signatures; each signature is called with
+float numpy arrays by input name and returns floats by output name, integer-quantised tensors
+being (de)quantised here. A seq2seq model runs its `encode` signature once and its
+`decode_step` signature in a loop, both from one `LiteRTModel`:
+
+    model = LiteRTModel("translator.tflite")
+    encode, step = model.signature("encode"), model.signature("decode_step")
+
+From the command line, a `litert.json` beside the model (written by the apps' `export`) says which
+signature to run, how to turn the input files into tensors and where the labels are.
 """
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +25,35 @@ from ai_edge_litert.interpreter import Interpreter
 
 
 class LiteRTModel:
-    """One signature of a `.tflite` file, called with float numpy arrays by input name."""
+    """A `.tflite` file (path or bytes) loaded in the LiteRT interpreter."""
 
-    def __init__(self, model: bytes | str | Path, signature: str | None = None, threads: int = 1):
+    def __init__(self, model: bytes | str | Path, threads: int = 1):
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
         self.interpreter = Interpreter(model_content=content, num_threads=threads)
-        signatures = self.interpreter.get_signature_list()
-        self.signature = signature or next(iter(signatures))
-        if self.signature not in signatures:
-            raise KeyError(f"no signature {self.signature!r}; the model has {sorted(signatures)}")
-        self.runner = self.interpreter.get_signature_runner(self.signature)
-        self.input_details = self.runner.get_input_details()
-        self.output_details = self.runner.get_output_details()
+        self.signature_names = list(self.interpreter.get_signature_list())
+
+    def signature(self, name: str | None = None) -> "SignatureRunner":
+        name = name or self.signature_names[0]
+        if name not in self.signature_names:
+            raise KeyError(f"no signature {name!r}; the model has {self.signature_names}")
+        return SignatureRunner(self.interpreter.get_signature_runner(name))
+
+
+class SignatureRunner:
+    """One signature, called with float arrays by input name; returns floats by output name."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.input_details = runner.get_input_details()
+        self.output_details = runner.get_output_details()
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        feed = {name: _quantize(np.asarray(inputs[name]), self.input_details[name])
-                for name in self.input_details}
+        missing = sorted(set(self.input_details) - set(inputs))
+        if missing:
+            takes = list(self.input_details)
+            raise KeyError(f"missing inputs {missing}; the signature takes {takes}")
+        feed = {name: _quantize(np.asarray(inputs[name]), details)
+                for name, details in self.input_details.items()}
         outputs = self.runner(**feed)
         return {name: _dequantize(value, self.output_details[name])
                 for name, value in outputs.items()}
@@ -45,3 +73,83 @@ def _dequantize(values: np.ndarray, details: dict) -> np.ndarray:
     if np.issubdtype(values.dtype, np.integer) and scale:
         return (values.astype(np.float32) - zero_point) * scale
     return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: what `litert.json` declares decides how input files become tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def read_digit_images(runner: SignatureRunner, config: dict, files: list[Path],
+                      labels: list[str]) -> list[str]:
+    """`mnist_digits`: each picture is segmented into digits, each framed the MNIST way."""
+    from pipelines import digit_frames
+
+    pictures = [digit_frames.read_grayscale(path) for path in files]  # all checked up front
+    lines = []
+    for path, picture in zip(files, pictures):
+        crops = digit_frames.segment_digits(picture)
+        if not crops:
+            lines.append(f"{path}: (no digits found)")
+            continue
+        frames = np.stack([digit_frames.mnist_frame(crop[..., 0]) for crop in crops])
+        probabilities = runner(**{config["input"]: digit_frames.model_input(frames)})
+        probabilities = probabilities[config["output"]]
+        text = "".join(labels[i] for i in probabilities.argmax(axis=1))
+        confidences = " ".join(f"{p:.2f}" for p in probabilities.max(axis=1))
+        lines.append(f"{path}: {text}  [{confidences}]")
+    return lines
+
+
+def read_arrays(runner: SignatureRunner, config: dict, files: list[Path],
+                labels: list[str]) -> list[str]:
+    """Without a declared preprocessing: each input is a `.npy` file holding a ready tensor."""
+    lines = []
+    for path in files:
+        outputs = runner(**{config.get("input") or next(iter(runner.input_details)): np.load(path)})
+        for name, value in outputs.items():
+            summary = f"shape {list(value.shape)}"
+            if labels and value.ndim == 2 and value.shape[1] == len(labels):
+                summary = " ".join(labels[i] for i in value.argmax(axis=1))
+            lines.append(f"{path}: {name} = {summary}")
+    return lines
+
+
+PREPROCESSORS = {"mnist_digits": read_digit_images, None: read_arrays}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.litert",
+        description="Run a .tflite model on input files with LiteRT (no TensorFlow needed).",
+    )
+    parser.add_argument("model", type=Path, help="a .tflite file (a litert.json beside it helps)")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                        help="image files for image models, else .npy arrays")
+    parser.add_argument("--signature", help="default: the one litert.json names, else the first")
+    parser.add_argument("--threads", type=int, default=1, help="default: %(default)s")
+    args = parser.parse_args(argv)
+
+    from pipelines import DataError
+
+    try:
+        if not args.model.is_file():
+            raise DataError(f"{args.model}: no such file")
+        config_path = args.model.parent / "litert.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        labels_path = args.model.parent / config.get("labels", "labels.txt")
+        labels = labels_path.read_text().split("\n")[:-1] if labels_path.is_file() else []
+        try:
+            model = LiteRTModel(args.model, threads=args.threads)
+        except ValueError as error:
+            raise DataError(f"{args.model}: not a LiteRT model ({error})") from None
+        runner = model.signature(args.signature or config.get("signature"))
+        for line in PREPROCESSORS[config.get("preprocess")](runner, config, args.inputs, labels):
+            print(line)
+    except (DataError, KeyError) as error:
+        print(f"error: {str(error).strip(chr(39))}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
