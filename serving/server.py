@@ -39,6 +39,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # no separators: canno
 DEFAULT_PORT = 8501
 POLL_SECONDS = 1.0  # as TF Serving's --file_system_poll_wait_seconds
 MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_LOAD_ATTEMPTS = 5  # as TF Serving's --max_num_load_retries: a half-copied version can fail
 MAX_BATCH_SIZE = 32
 BATCH_TIMEOUT_MS = 2.0
 
@@ -217,6 +218,7 @@ class ModelRegistry:
         self.servables: dict[str, dict[int, Servable]] = {}
         self.states: dict[str, dict[int, tuple[str, str]]] = {}  # (state, error message)
         self._warned: set[Path] = set()
+        self._failed_loads: dict[Path, int] = {}
         self._lock = threading.Lock()
 
     def scan(self) -> None:
@@ -239,14 +241,19 @@ class ModelRegistry:
         loaded = self.servables.get(name, {})
         states = self.states.setdefault(name, {})
         for version in wanted:
+            version_dir = model_dir / str(version)
             if version in loaded or states.get(version, ("",))[0] == "END":
                 continue
             states[version] = ("LOADING", "")
             try:
-                servable = load_servable(name, version, model_dir / str(version), self.batching)
+                servable = load_servable(name, version, version_dir, self.batching)
             except Exception as error:  # a broken model must not take the server down
-                states[version] = ("END", f"failed to load: {str(error).splitlines()[0]}")
-                log.warning("skipping %s/%s: %s", name, version, states[version][1])
+                attempts = self._failed_loads.get(version_dir, 0) + 1
+                self._failed_loads[version_dir] = attempts
+                message = f"failed to load: {str(error).strip().splitlines()[0]}"
+                # Still being copied, perhaps: the next scans try again, a few times.
+                states[version] = ("END" if attempts >= MAX_LOAD_ATTEMPTS else "LOADING", message)
+                log.warning("%s/%s (attempt %d): %s", name, version, attempts, message)
                 continue
             with self._lock:
                 self.servables.setdefault(name, {})[version] = servable
