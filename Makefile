@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench serve lint clean
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -23,6 +23,9 @@ test-all: $(INSTALLED)  ## the fast suite plus the minutes-long tests
 
 bench: $(INSTALLED)  ## every benchmark under bench/; tables on stdout, JSON in bench/results/
 	$(PYTHON) -m bench
+
+serve: $(INSTALLED)  ## TF-Serving-compatible REST API on 127.0.0.1:8501 over saved_models/ (make demo first)
+	$(PYTHON) -m serving.server --model-base saved_models --batching
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
