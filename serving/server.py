@@ -239,12 +239,13 @@ class ModelRegistry:
                 log.warning("skipping %s: not a complete SavedModel", version_dir)
         wanted = sorted(complete)[-self.num_versions :]
         loaded = self.servables.get(name, {})
-        states = self.states.setdefault(name, {})
+        with self._lock:
+            states = self.states.setdefault(name, {})
         for version in wanted:
             version_dir = model_dir / str(version)
             if version in loaded or states.get(version, ("",))[0] == "END":
                 continue
-            states[version] = ("LOADING", "")
+            self._set_state(name, version, "LOADING")
             try:
                 servable = load_servable(name, version, version_dir, self.batching)
             except Exception as error:  # a broken model must not take the server down
@@ -252,20 +253,25 @@ class ModelRegistry:
                 self._failed_loads[version_dir] = attempts
                 message = f"failed to load: {str(error).strip().splitlines()[0]}"
                 # Still being copied, perhaps: the next scans try again, a few times.
-                states[version] = ("END" if attempts >= MAX_LOAD_ATTEMPTS else "LOADING", message)
+                gave_up = attempts >= MAX_LOAD_ATTEMPTS
+                self._set_state(name, version, "END" if gave_up else "LOADING", message)
                 log.warning("%s/%s (attempt %d): %s", name, version, attempts, message)
                 continue
             with self._lock:
                 self.servables.setdefault(name, {})[version] = servable
-            states[version] = ("AVAILABLE", "")
+            self._set_state(name, version, "AVAILABLE")
             log.info("serving %s version %s", name, version)
         newest_loaded = set(sorted(self.servables.get(name, {}))[-self.num_versions :])
         for version in list(self.servables.get(name, {})):
             if version not in newest_loaded:
                 with self._lock:
                     del self.servables[name][version]
-                states[version] = ("END", "")
+                self._set_state(name, version, "END")
                 log.info("unloaded %s version %s", name, version)
+
+    def _set_state(self, name: str, version: int, state: str, message: str = "") -> None:
+        with self._lock:  # request threads read the states while the poller writes them
+            self.states[name][version] = (state, message)
 
     def poll_forever(self, seconds: float) -> None:
         def loop():
@@ -280,7 +286,8 @@ class ModelRegistry:
 
     def status(self, name: str, version: str | None, label: str | None) -> list[dict]:
         self._check_name(name)
-        states = self.states.get(name, {})
+        with self._lock:
+            states = dict(self.states.get(name, {}))
         if label is not None:
             version = str(self._label_version(name, label))
         if version is not None:
