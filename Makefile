@@ -22,6 +22,7 @@ test-all: $(INSTALLED)  ## the fast suite plus the minutes-long tests
 	$(PYTHON) -m pytest -m "slow or not slow"
 
 bench: $(INSTALLED)  ## every benchmark under bench/; tables on stdout, JSON in bench/results/
+	$(PYTHON) -m pip install --quiet -e '.[dev,bench]'
 	$(PYTHON) -m bench
 
 serve: $(INSTALLED)  ## TF-Serving-compatible REST API on 127.0.0.1:8501 over saved_models/ (make demo first)

@@ -25,27 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import save_results
+from bench import save_results, short_lenet_export
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLIENTS = (1, 4, 16)
 GOAL = 0.5  # of in-process single-call throughput, at 16 clients with batching
-
-
-def trained_export(workdir: Path) -> tuple[Path, bytes, list]:
-    """A short LeNet-5 training on the embedded digits, exported; one PNG and its pixels."""
-    from PIL import Image
-
-    from apps import digit_ocr
-    from pipelines import images
-
-    digit_ocr.train(epochs=5, run_dir=workdir / "run", verbose=0)
-    report = digit_ocr.export(workdir / "run", workdir / "saved_models", quiet=True)
-    frame, _ = next(iter(images.load_digits().test))
-    png = workdir / "digit.png"
-    Image.fromarray(255 - frame.numpy()[..., 0]).resize((56, 56)).save(png)
-    pixels = images.to_model_input(frame.numpy()[None]).numpy()
-    return Path(report["saved_model"]), png.read_bytes(), pixels
 
 
 def request_body(signature: str, png: bytes, pixels: np.ndarray) -> dict:
@@ -140,7 +124,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     with tempfile.TemporaryDirectory() as workdir:
-        version_dir, png, pixels = trained_export(Path(workdir))
+        version_dir, png, pixels = short_lenet_export(Path(workdir))
         body = json.dumps(request_body(args.signature, png, pixels)).encode()
         results = {"in_process": in_process(version_dir, args.signature, png, pixels,
                                             args.seconds)}
