@@ -132,7 +132,11 @@ def load_servable(name: str, version: int, version_dir: Path, batching: dict | N
 
 class Batcher:
     """Merges concurrent calls into one: the first request waits at most `timeout_ms` for others
-    to join, up to `max_batch_size` rows, then all run as one batch and each gets its rows back."""
+    to join, up to `max_batch_size` rows, then all run as one batch and each gets its rows back.
+
+    Unlike a fixed timeout, it never waits when no other call is in flight: a lone client pays
+    no batching latency, and batches form exactly when requests queue up behind the model.
+    """
 
     def __init__(self, run, max_batch_size: int = MAX_BATCH_SIZE,
                  timeout_ms: float = BATCH_TIMEOUT_MS):
@@ -140,19 +144,27 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.timeout = timeout_ms / 1000.0
         self.requests: queue.Queue = queue.Queue()
+        self.in_flight = 0
+        self._count_lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True, name="batcher").start()
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         future: Future = Future()
-        self.requests.put((inputs, future))
-        return future.result()
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            self.requests.put((inputs, future))
+            return future.result()
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
 
     def _serve(self) -> None:
         while True:
             batch = [self.requests.get()]
             rows = _rows(batch[0][0])
             deadline = time.monotonic() + self.timeout
-            while rows < self.max_batch_size:
+            while rows < self.max_batch_size and self.in_flight > len(batch):
                 try:
                     item = self.requests.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
