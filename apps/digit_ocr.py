@@ -176,7 +176,8 @@ def train(
     runner.write_json(
         run_dir / "run.json",
         {"app": APP, "model": model_name, "data": data, "class_names": dataset.class_names,
-         "epochs": epochs, "batch_size": batch_size, "augment": augment, "seed": seed},
+         "epochs": epochs, "batch_size": batch_size, "augment": augment, "seed": seed,
+         "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch},
     )
     with strategy.scope():
         model = build_model(model_name, dataset.num_classes)

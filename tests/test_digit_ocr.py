@@ -184,9 +184,9 @@ def compose_row(frames, scale=3, gap=12, dark_on_light=True):
 def test_predict_reads_multi_digit_images_of_held_out_digits(trained_run, digits, tmp_path):
     test_frames = [(f.numpy(), int(y)) for f, y in digits.test.skip(40).take(24)]
     files, truths = [], []
-    for k in range(6):  # six 4-digit "postcodes", alternating polarity
+    for k in range(6):  # six 4-digit "postcodes", alternating polarity, PNG and JPEG
         chunk = test_frames[4 * k : 4 * k + 4]
-        path = tmp_path / f"code{k}.png"
+        path = tmp_path / f"code{k}.{'jpg' if k % 3 == 2 else 'png'}"
         Image.fromarray(compose_row([f for f, _ in chunk], dark_on_light=k % 2 == 0)).save(path)
         files.append(path)
         truths.append("".join(str(y) for _, y in chunk))
@@ -234,6 +234,18 @@ def test_bad_data_options_are_reported(tmp_path, capsys):
 def test_evaluate_before_train_says_so(tmp_path, capsys):
     code, err = run_main(["evaluate", "--run-dir", str(tmp_path / "never")], capsys)
     assert code == 2 and "run `train` first" in err
+
+
+def test_train_command_mirrors_over_two_logical_cpus(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "apps.digit_ocr", "train", "--strategy", "mirrored", "--devices",
+         "2", "--epochs", "2", "--batch-size", "32", "--run-dir", str(tmp_path), "--verbose", "0"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["replicas"] == 2 and run["global_batch_size"] == 64
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] > 0.5
 
 
 def test_command_line_error_has_no_traceback(tmp_path):
