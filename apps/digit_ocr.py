@@ -161,6 +161,7 @@ def train(
     augment: bool = False,
     seed: int = SEED,
     verbose: int | str = "auto",
+    elastic: bool = False,
 ) -> dict:
     """Trains on `data`'s training split, selects on validation, reports on test."""
     run_dir = Path(run_dir or default_run_dir(model_name))
@@ -176,14 +177,16 @@ def train(
     runner.write_json(
         run_dir / "run.json",
         {"app": APP, "model": model_name, "data": data, "class_names": dataset.class_names,
-         "epochs": epochs, "batch_size": batch_size, "augment": augment, "seed": seed,
+         "epochs": epochs, "batch_size": batch_size, "augment": augment, "elastic": elastic,
+         "seed": seed,
          "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch},
     )
     with strategy.scope():
         model = build_model(model_name, dataset.num_classes)
         compile_model(model, steps=epochs * steps_per_epoch)
     model.fit(
-        image_data.batches(dataset.train, global_batch, shuffle=True, augment=augment, seed=seed),
+        image_data.batches(dataset.train, global_batch, shuffle=True, augment=augment or elastic,
+                           elastic=elastic, seed=seed),
         validation_data=image_data.batches(dataset.validation, global_batch),
         epochs=epochs,
         callbacks=runner.training_callbacks(run_dir, resumed=resumed_after is not None),
@@ -450,6 +453,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train_parser.add_argument("--augment", action="store_true",
                               help="light random shifts, rotations and zooms while training")
+    train_parser.add_argument("--elastic", action="store_true",
+                              help="--augment plus elastic distortions (Simard et al. 2003)")
     train_parser.add_argument("--seed", type=int, default=SEED)
     train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                               help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
@@ -478,7 +483,7 @@ def main(argv=None) -> None:
     if args.command == "train":
         runner.split_cpu(args.devices)
         train(args.data, args.model, args.epochs, args.batch_size, args.strategy, run_dir,
-              args.augment, args.seed, args.verbose)
+              args.augment, args.seed, args.verbose, args.elastic)
     elif args.command == "evaluate":
         evaluate(run_dir, args.data)
     elif args.command == "predict":
