@@ -195,7 +195,7 @@ def train(
     )
     runner.plot_history(run_dir)
     best_model, _ = load_run(run_dir)
-    metrics = test_metrics(best_model, dataset, run_dir, model_name)
+    metrics = held_out_metrics(best_model, dataset, run_dir, model_name)
     runner.write_json(run_dir / "metrics.json", metrics)
     print(
         f"{APP} {model_name} on {dataset.name}: test accuracy {metrics['test_accuracy']:.4f}"
@@ -216,7 +216,7 @@ def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
     return keras.saving.load_model(checkpoint), json.loads((run_dir / "run.json").read_text())
 
 
-def test_metrics(model: keras.Model, dataset: image_data.ImageDataset, run_dir: Path,
+def held_out_metrics(model: keras.Model, dataset: image_data.ImageDataset, run_dir: Path,
                  model_name: str) -> dict:
     """Test accuracy and per-class precision / recall; evaluation.json and the confusion PNG."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
@@ -248,7 +248,7 @@ def evaluate(run_dir: Path | None = None, data: str | None = None) -> dict:
     run_dir = Path(run_dir or default_run_dir(DEFAULT_MODEL))
     model, run = load_run(run_dir)
     dataset = image_data.load_image_dataset(data or run["data"])
-    metrics = test_metrics(model, dataset, run_dir, run["model"])
+    metrics = held_out_metrics(model, dataset, run_dir, run["model"])
     runner.print_table(
         [{"class": name, "precision": f"{v['precision']:.3f}", "recall": f"{v['recall']:.3f}",
           "f1": f"{v['f1']:.3f}", "support": v["support"]}
@@ -285,6 +285,7 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path) ->
 # ---------------------------------------------------------------------------------------------
 # predict: segment an image into digits, read each one
 # ---------------------------------------------------------------------------------------------
+
 
 def predict(files: list[Path], run_dir: Path | None = None) -> list[dict]:
     """Reads the digits in each image file: a string, and a confidence per digit."""
