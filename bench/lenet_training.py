@@ -87,7 +87,7 @@ def keras_numpy(train, test, epochs, batch_size, seed) -> tuple[float, float]:
     model.compile(
         optimizer=keras.optimizers.AdamW(
             keras.optimizers.schedules.CosineDecay(digit_ocr.LEARNING_RATE, epochs * steps),
-            weight_decay=digit_ocr.WEIGHT_DECAY,
+            weight_decay=digit_ocr.WEIGHT_DECAY["lenet5"],
         ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
@@ -113,7 +113,8 @@ def pytorch(train, test, epochs, batch_size, seed) -> tuple[float, float]:
     x = torch.from_numpy(np.ascontiguousarray(train[0].transpose(0, 3, 1, 2)))
     y = torch.from_numpy(train[1].astype(np.int64))
     steps = -(-len(x) // batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE,
+                                  weight_decay=WEIGHT_DECAY["lenet5"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
     loss_fn = nn.CrossEntropyLoss()
     seconds = []

@@ -55,7 +55,7 @@ def train_speed(arrays, epochs, batch_size, jit_compile=False, steps_per_executi
     keras.utils.set_random_seed(0)
     model = digit_ocr.build_model("lenet5")
     model.compile(optimizer=keras.optimizers.AdamW(digit_ocr.LEARNING_RATE,
-                                                   weight_decay=digit_ocr.WEIGHT_DECAY),
+                                                   weight_decay=digit_ocr.WEIGHT_DECAY["lenet5"]),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     timer = EpochTimer()

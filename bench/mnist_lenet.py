@@ -16,15 +16,15 @@ from bench import SHARED_DATA, save_results
 
 MNIST = SHARED_DATA / "mnist"
 TARGETS = {"lenet5": 0.009, "lenet5-modern": 0.006}
-EPOCHS = 20
-BATCH_SIZE = 128
+# (epochs, batch size) per model: the batch-normalised net keeps improving for longer.
+SCHEDULES = {"lenet5": (20, 128), "lenet5-modern": (40, 64)}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--epochs", type=int, help="default: per model, see SCHEDULES")
+    parser.add_argument("--batch-size", type=int, help="default: per model, see SCHEDULES")
     parser.add_argument("--data", default=str(MNIST))
     parser.add_argument("--no-augment", dest="augment", action="store_false",
                         help="train without distortions (LeCun et al. report 0.95%% then)")
@@ -35,19 +35,21 @@ def main(argv=None) -> dict:
 
     rows, results = [], {}
     for model_name in args.models:
+        epochs = args.epochs or SCHEDULES[model_name][0]
+        batch_size = args.batch_size or SCHEDULES[model_name][1]
         started = time.perf_counter()
         metrics = digit_ocr.train(
-            data=args.data, model_name=model_name, epochs=args.epochs,
-            batch_size=args.batch_size, run_dir=runner.RUNS_ROOT / "bench" / model_name,
+            data=args.data, model_name=model_name, epochs=epochs,
+            batch_size=batch_size, run_dir=runner.RUNS_ROOT / "bench" / model_name,
             augment=args.augment, verbose=2,
         )
         seconds = time.perf_counter() - started
         error = 1.0 - metrics["test_accuracy"]
-        results[model_name] = {"test_error": error, "epochs": args.epochs,
-                               "batch_size": args.batch_size, "augment": args.augment,
+        results[model_name] = {"test_error": error, "epochs": epochs,
+                               "batch_size": batch_size, "augment": args.augment,
                                "wall_seconds": seconds,
                                "target": TARGETS[model_name], "met": error <= TARGETS[model_name]}
-        rows.append({"model": model_name, "epochs": args.epochs,
+        rows.append({"model": model_name, "epochs": epochs, "batch": batch_size,
                      "test error": f"{error:.2%}", "target": f"<= {TARGETS[model_name]:.1%}",
                      "met": "yes" if error <= TARGETS[model_name] else "NO",
                      "wall time": f"{seconds / 60:.1f} min"})

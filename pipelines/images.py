@@ -122,10 +122,6 @@ def to_model_input(images: tf.Tensor) -> tf.Tensor:
     return tf.pad(tf.cast(images, tf.float32) / 255.0, paddings)
 
 
-ELASTIC_ALPHA = 20.0  # pixels: how far the smoothed random field moves each pixel, at most
-ELASTIC_SIGMA = 4.0  # pixels: the Gaussian that smooths it (Simard et al. 2003 used 34 and 4)
-
-
 def augmenter(seed: int = 0):
     """Light, label-preserving distortions: a few pixels of shift, a few degrees of rotation, a
     little zoom."""
@@ -139,49 +135,12 @@ def augmenter(seed: int = 0):
     )
 
 
-def elastic_distortion(images: tf.Tensor, alpha: float = ELASTIC_ALPHA,
-                       sigma: float = ELASTIC_SIGMA) -> tf.Tensor:
-    """Simard et al. (2003): every pixel moves along a random field smoothed by a Gaussian of
-    `sigma` pixels and scaled by `alpha` pixels; bilinear sampling. [B, H, W, 1] in and out."""
-    shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    radius = int(3 * sigma)
-    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
-    taps = tf.constant(taps / taps.sum(), tf.float32)
-    field = tf.random.uniform([batch, height, width, 2], -1.0, 1.0)
-    # Separable smoothing of the two displacement channels: a row pass, then a column pass.
-    field = tf.nn.depthwise_conv2d(field, tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, 2, 1]),
-                                   [1, 1, 1, 1], "SAME")
-    field = tf.nn.depthwise_conv2d(field, tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, 2, 1]),
-                                   [1, 1, 1, 1], "SAME")
-    rows = tf.cast(tf.range(height), tf.float32)[None, :, None] + alpha * field[..., 0]
-    cols = tf.cast(tf.range(width), tf.float32)[None, None, :] + alpha * field[..., 1]
-    top, left = tf.floor(rows), tf.floor(cols)
-    down, right = rows - top, cols - left  # bilinear weights, [B, H, W]
-    image_index = tf.broadcast_to(tf.range(batch)[:, None, None], [batch, height, width])
-
-    def pixel(r, c):  # images[b, r, c], black outside the frame
-        inside = (r >= 0) & (r <= tf.cast(height - 1, tf.float32)) & (c >= 0) & (
-            c <= tf.cast(width - 1, tf.float32))
-        r = tf.clip_by_value(tf.cast(r, tf.int32), 0, height - 1)
-        c = tf.clip_by_value(tf.cast(c, tf.int32), 0, width - 1)
-        values = tf.gather_nd(images[..., 0], tf.stack([image_index, r, c], axis=-1))
-        return tf.where(inside, values, 0.0)
-
-    warped = ((1 - down) * (1 - right) * pixel(top, left)
-              + (1 - down) * right * pixel(top, left + 1)
-              + down * (1 - right) * pixel(top + 1, left)
-              + down * right * pixel(top + 1, left + 1))
-    return warped[..., None]
-
-
 def batches(
     split: tf.data.Dataset,
     batch_size: int,
     *,
     shuffle: bool = False,
     augment: bool = False,
-    elastic: bool = False,
     seed: int = 0,
     cache: bool = True,
 ) -> tf.data.Dataset:
@@ -202,11 +161,6 @@ def batches(
         distort = augmenter(seed)
         data = data.map(
             lambda images, labels: (distort(images, training=True), labels),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    if elastic:
-        data = data.map(
-            lambda images, labels: (elastic_distortion(images), labels),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return data.prefetch(tf.data.AUTOTUNE)

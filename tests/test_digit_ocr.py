@@ -71,7 +71,7 @@ def test_c3_keeps_lenet5s_connection_table(trained_run):
 
 def test_modern_variant_builds_and_trains_one_step(digits):
     model = digit_ocr.build_model("lenet5-modern")
-    digit_ocr.compile_model(model, steps=1)
+    digit_ocr.compile_model(model, steps=1, model_name="lenet5-modern")
     history = model.fit(images.batches(digits.train, 32).take(1), verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
