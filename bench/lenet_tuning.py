@@ -66,7 +66,7 @@ def train_speed(arrays, epochs, batch_size, jit_compile=False, steps_per_executi
 
 BEST_PIPELINE = dict(cache=True, prefetch=True, parallel=True, deterministic=False,
                      batch_first=True)
-VARIANTS = [  # (row, batch size, settings); each row changes one thing from the one above
+VARIANTS = [  # (row, batch size, settings); each row changes one thing from the best pipeline
     ("plain: slices -> map -> batch", 128, {}),
     ("+ cache", 128, dict(cache=True)),
     ("+ prefetch(AUTOTUNE)", 128, dict(cache=True, prefetch=True)),
@@ -114,12 +114,11 @@ def main(argv=None) -> dict:
         print(f"{row}: {statistics.median(speeds):,.0f} images/s", flush=True)
 
     plain = next(iter(results.values()))["median"]
-    rows, previous = [], plain
-    for row, figures in results.items():
-        rows.append({"change": row, "images/s": f"{figures['median']:,.0f}",
-                     "vs previous row": f"{figures['median'] / previous:.2f}x",
-                     "vs plain": f"{figures['median'] / plain:.2f}x"})
-        previous = figures["median"] if not row.startswith("batch ") else previous
+    rows = [{"change": row, "images/s": f"{figures['median']:,.0f}",
+             "spread": f"{min(figures['images_per_second']):,.0f}.."
+                       f"{max(figures['images_per_second']):,.0f}",
+             "vs plain": f"{figures['median'] / plain:.2f}x"}
+            for row, figures in results.items()]
     print(f"\nLeNet-5 training speed by setting ({dataset.name}, {len(frames):,} images, "
           f"{os.cpu_count()} cores, median of {args.runs})")
     runner.print_table(rows)
