@@ -21,6 +21,7 @@ def save_results(name: str, payload: dict) -> Path:
                **payload}
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"JSON: {path}")
     return path
 
 

@@ -149,10 +149,9 @@ def main(argv=None) -> dict:
     runner.print_table(rows)
     print(f"LiteRT int8 (1 thread) at batch 1: {ratio:.0f}x faster than Keras model(x) "
           f"(goal >= {GOAL:.0f}x)")
-    path = save_results("inference", {"flops_per_image": flops, "matmul_flops_per_second": rate,
-                                      "results": results, "int8_vs_keras_batch1": ratio,
-                                      "goal": GOAL, "met": ratio >= GOAL})
-    print(f"JSON: {path}")
+    save_results("inference", {"flops_per_image": flops, "matmul_flops_per_second": rate,
+                               "results": results, "int8_vs_keras_batch1": ratio,
+                               "goal": GOAL, "met": ratio >= GOAL})
     return results
 
 

@@ -185,9 +185,8 @@ def main(argv=None) -> dict:
           f"{args.batch_size}, {args.epochs} epochs (first not timed), {args.runs} runs, "
           f"{os.cpu_count()} cores")
     runner.print_table(rows)
-    path = save_results("lenet_training", {"epochs": args.epochs, "batch_size": args.batch_size,
-                                           "runs": args.runs, "results": measured})
-    print(f"JSON: {path}")
+    save_results("lenet_training", {"epochs": args.epochs, "batch_size": args.batch_size,
+                                    "runs": args.runs, "results": measured})
     return measured
 
 

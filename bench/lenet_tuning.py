@@ -122,10 +122,9 @@ def main(argv=None) -> dict:
     print(f"\nLeNet-5 training speed by setting ({dataset.name}, {len(frames):,} images, "
           f"{os.cpu_count()} cores, median of {args.runs})")
     runner.print_table(rows)
-    path = save_results("lenet_tuning", {"epochs": args.epochs, "runs": args.runs,
-                                         "intra_op": args.intra_op, "inter_op": args.inter_op,
-                                         "results": results})
-    print(f"JSON: {path}")
+    save_results("lenet_tuning", {"epochs": args.epochs, "runs": args.runs,
+                                  "intra_op": args.intra_op, "inter_op": args.inter_op,
+                                  "results": results})
     return results
 
 

@@ -55,8 +55,7 @@ def main(argv=None) -> dict:
                      "wall time": f"{seconds / 60:.1f} min"})
     print("\nLeNet-5 on MNIST (10,000 test digits)")
     runner.print_table(rows)
-    path = save_results("mnist_lenet", {"results": results})
-    print(f"JSON: {path}")
+    save_results("mnist_lenet", {"results": results})
     return results
 
 

@@ -153,10 +153,9 @@ def main(argv=None) -> dict:
     print(f"\nLeNet-5 serving, one digit per request ({args.signature}), {os.cpu_count()} cores")
     runner.print_table(rows)
     print(f"16 clients with batching: {ratio:.2f}x in-process (goal >= {GOAL})")
-    path = save_results("serving", {"signature": args.signature, "seconds": args.seconds,
-                                     "results": results, "ratio_16_batching": ratio,
-                                     "goal": GOAL, "met": ratio >= GOAL})
-    print(f"JSON: {path}")
+    save_results("serving", {"signature": args.signature, "seconds": args.seconds,
+                              "results": results, "ratio_16_batching": ratio,
+                              "goal": GOAL, "met": ratio >= GOAL})
     return results
 
 
