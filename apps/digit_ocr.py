@@ -137,13 +137,16 @@ def build_model(model_name: str, num_classes: int = 10) -> keras.Model:
 
 def compile_model(model: keras.Model, steps: int, model_name: str = DEFAULT_MODEL) -> keras.Model:
     schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=max(steps, 1))
+    # Keras 3.15's multi-step loop fails under MirroredStrategy (InvalidArgumentError in
+    # multi_step_on_iterator): one step per call there.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=WEIGHT_DECAY[model_name]),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
         # Several steps per call into the graph: 1.5x the images/s of one step per call for a
         # model this small. XLA (jit_compile) made it 0.6x on the CPU (bench/README.md).
-        steps_per_execution=STEPS_PER_EXECUTION,
+        steps_per_execution=STEPS_PER_EXECUTION if replicas == 1 else 1,
     )
     return model
 
