@@ -60,7 +60,7 @@ def train_speed(arrays, epochs, batch_size, jit_compile=False, steps_per_executi
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     timer = EpochTimer()
     model.fit(pipeline(arrays, batch_size, **pipeline_options), epochs=epochs,
-              callbacks=[timer.callback], shuffle=False, verbose=0)
+              callbacks=[timer], shuffle=False, verbose=0)
     return images_per_second(timer.seconds, len(arrays[0]))
 
 
