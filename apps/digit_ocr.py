@@ -224,7 +224,7 @@ def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
 
 
 def held_out_metrics(model: keras.Model, dataset: image_data.ImageDataset, run_dir: Path,
-                 model_name: str) -> dict:
+                     model_name: str) -> dict:
     """Test accuracy and per-class precision / recall; evaluation.json and the confusion PNG."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 

@@ -23,6 +23,7 @@ import argparse
 import base64
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -81,7 +82,6 @@ class Signature:
 class Servable:
     name: str
     version: int
-    path: Path
     signatures: dict[str, Signature]
     signature_defs: dict  # the SignatureDefMap as TF Serving prints it
     model: object = field(repr=False)  # keeps the loaded SavedModel alive
@@ -121,8 +121,7 @@ def load_servable(name: str, version: int, version_dir: Path, batching: dict | N
                             for spec in input_specs.values()):
             signature.batcher = Batcher(signature.run, **batching)
         signatures[key] = signature
-    return Servable(name, version, version_dir, signatures, signature_defs_as_json(version_dir),
-                    model)
+    return Servable(name, version, signatures, signature_defs_as_json(version_dir), model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,9 +634,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if not args.model_base.is_dir():
         raise SystemExit(f"error: --model-base {args.model_base}: no such folder")
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads the first model
     import uvicorn
 
     batching = ({"max_batch_size": args.max_batch_size, "timeout_ms": args.batch_timeout_ms}
