@@ -98,18 +98,20 @@ def start_run(run_dir: Path) -> int | None:
     return resumed
 
 
-def training_callbacks(run_dir: Path, monitor: str = "val_accuracy", resumed: bool = False):
+def training_callbacks(run_dir: Path, monitor: str = "val_accuracy", resumed: bool = False,
+                       mode: str = "max"):
     import keras
 
     # A resumed run must beat the best epoch before the kill to replace best.keras.
     history = read_history(run_dir) if resumed and (run_dir / "history.csv").is_file() else {}
-    best_so_far = max(history[monitor]) if history.get(monitor) else None
+    best = max if mode == "max" else min  # mode "min" for a monitored loss
+    best_so_far = best(history[monitor]) if history.get(monitor) else None
     # Order matters at the end of an epoch: the history row and the best checkpoint are
     # written before the backup that says the epoch is done.
     return [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / "best.keras"), monitor=monitor, mode="max", save_best_only=True,
+            str(run_dir / "best.keras"), monitor=monitor, mode=mode, save_best_only=True,
             initial_value_threshold=best_so_far,
         ),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),

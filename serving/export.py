@@ -64,7 +64,8 @@ def convert_to_tflite(
     - float16: weights stored as float16 (half the size), computed in float32.
     - dynamic: weights int8, activations quantised on the fly.
     - int8: everything int8 including inputs and outputs, calibrated on `representative_inputs`
-      (single input arrays of batch 1); what integer-only accelerators need.
+      (arrays of batch 1, or {input name: array} for several inputs); what integer-only
+      accelerators need.
     """
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; choose from {TFLITE_VARIANTS}")
@@ -79,7 +80,10 @@ def convert_to_tflite(
     elif variant == "int8":
         if representative_inputs is None:
             raise ValueError("int8 conversion needs representative inputs")
-        converter.representative_dataset = lambda: ([x] for x in representative_inputs)
+        # A dict sample feeds a signature with several inputs by name.
+        converter.representative_dataset = lambda: (
+            x if isinstance(x, dict) else [x] for x in representative_inputs
+        )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
