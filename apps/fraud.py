@@ -1,0 +1,887 @@
+"""Fraud and anomaly detection: models that learn what normal looks like, and flag what is not.
+
+    python -m apps.fraud train                          # dense autoencoder, synthetic card data
+    python -m apps.fraud train --model vae --data ../shared/data/creditcard-fraud-sample/creditcard_sample.csv
+    python -m apps.fraud train --compare                # all three models, one table
+    python -m apps.fraud evaluate
+    python -m apps.fraud predict transactions.csv --output scored.csv
+    python -m apps.fraud export                         # -> saved_models/fraud/<version>/
+
+Frauds are rare, varied and change as fraudsters adapt, so instead of learning "fraud" from a
+few hundred examples, each model here learns the distribution of NORMAL rows (it trains on
+normal rows only) and scores a row by how badly it fits that distribution:
+
+- `autoencoder`: a dense autoencoder squeezes a row through a narrow code and rebuilds it; the
+  score is the reconstruction error. Rows unlike the training rows rebuild poorly (the idea of
+  Japkowicz et al. 1995 and Hawkins et al. 2002, "Outlier detection using replicator neural
+  networks").
+- `vae`: a variational autoencoder (Kingma & Welling 2014) with a Gaussian decoder that also
+  predicts how uncertain each feature is; the score is the negative log-likelihood of the row
+  under the decoder at the posterior mean, An & Cho's (2015) "reconstruction probability"
+  without the Monte Carlo average, so that the served score is deterministic.
+- `rbm`: a Gaussian-Bernoulli restricted Boltzmann machine (`layers/rbm.py`, trained by
+  contrastive divergence); the score is its free energy, -log of the unnormalised probability
+  of the row.
+
+Every model reads raw rows: the scaling (log(1 + x) of heavy-tailed columns, then a
+`Normalization` layer whose statistics come from the training normals only) lives inside the
+model, so the exported SavedModel takes rows as a client has them. The threshold that turns a
+score into a flag is chosen on the validation split (the F1-best threshold when it holds
+anomalies, else the 99.5th percentile of its normal scores) and is baked into the export.
+"""
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from apps import runner
+from apps.runner import UsageError
+from pipelines import DataError
+from pipelines import tabular
+from serving import export as exporting
+from serving.litert import LiteRTModel
+
+APP = "fraud"
+MODELS = ("autoencoder", "vae", "rbm")
+DEFAULT_MODEL = "autoencoder"
+DEFAULT_DATA = "synthetic"
+SYNTHETIC_ROWS = 30_000
+EPOCHS = 30
+BATCH_SIZE = 256  # per replica
+LEARNING_RATE = 1e-3  # Adam, autoencoder and VAE
+HIDDEN_UNITS = 64
+MAX_CODE_UNITS = 8  # the bottleneck: at most 8, at most half the features
+KL_WEIGHT = 1.0  # the VAE's beta; 1 is the evidence lower bound
+MIN_LOG_VARIANCE = -6.0  # floor of the VAE decoder's log-variance: scores stay finite
+RBM_HIDDEN_UNITS = 64
+RBM_CD_STEPS = 1
+RBM_LEARNING_RATE = 1e-3  # Gaussian visible units need a small step (Hinton's guide, 13.2)
+RBM_MOMENTUM = 0.9
+RBM_WEIGHT_DECAY = 1e-4
+SEED = 42
+NORMAL_QUANTILE = 99.5  # threshold rule when the validation split has no anomalies
+PREDICT_CHUNK_ROWS = 8_192
+MODEL_BASE = Path("saved_models")
+TFLITE_VARIANTS = ("float32", "int8")  # float16 and dynamic add nothing for a model this small
+REPRESENTATIVE_ROWS = 500
+
+
+def default_run_dir(model_name: str) -> Path:
+    return runner.RUNS_ROOT / APP / model_name
+
+
+def code_units(n_features: int) -> int:
+    return max(2, min(MAX_CODE_UNITS, n_features // 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling inside the model
+# ---------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package=APP)
+class LogColumns(layers.Layer):
+    """log(1 + x) of the columns flagged in `mask`, the other columns unchanged.
+
+    Amounts and distances span five orders of magnitude; after the log, a standardised value of 3
+    means "unusual" for them as it does for the other features.
+    """
+
+    def __init__(self, mask, **kwargs):
+        super().__init__(**kwargs)
+        self.mask = [float(m) for m in mask]
+
+    def call(self, rows):
+        mask = ops.convert_to_tensor(self.mask, dtype=rows.dtype)
+        # Arithmetic instead of a select: plain element-wise ops quantise cleanly to int8.
+        return rows + mask * (ops.log1p(ops.relu(rows)) - rows)
+
+    def get_config(self):
+        return {**super().get_config(), "mask": self.mask}
+
+
+def scaling_statistics(features: np.ndarray, log_mask: list[float]) -> tuple[list, list]:
+    """Mean and variance of the log-transformed training normals (the Normalization layer's)."""
+    logged = np.where(np.asarray(log_mask, bool), np.log1p(np.maximum(features, 0)), features)
+    # A column that never varies among normals still gets a finite scale.
+    return logged.mean(axis=0).tolist(), np.maximum(logged.var(axis=0), 1e-6).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The detectors
+# ---------------------------------------------------------------------------------------------
+
+
+class AnomalyDetector(keras.Model):
+    """Raw rows [batch, features] -> anomaly score [batch]; higher means more anomalous.
+
+    Subclasses define `score_standardized` (and, except the RBM, `train_step`)."""
+
+    def __init__(self, n_features, log_mask, mean, variance, seed=SEED, **kwargs):
+        super().__init__(**kwargs)
+        self.n_features = int(n_features)
+        self.log_mask = [float(m) for m in log_mask]
+        self.mean = [float(m) for m in mean]
+        self.variance = [float(v) for v in variance]
+        self.seed = int(seed)
+        self.log_columns = LogColumns(self.log_mask, name="log_columns")
+        self.normalize = layers.Normalization(mean=self.mean, variance=self.variance,
+                                              name="normalize")
+        # Built here, eagerly: its constants must not belong to the graph of a first call.
+        self.normalize.build((None, self.n_features))
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def standardize(self, rows):
+        return self.normalize(self.log_columns(ops.cast(rows, "float32")))
+
+    def call(self, rows, training=False):
+        return self.score_standardized(self.standardize(rows))
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def replicas(self):
+        return tf.distribute.get_replica_context().num_replicas_in_sync
+
+    def get_config(self):
+        return {**super().get_config(), "n_features": self.n_features, "log_mask": self.log_mask,
+                "mean": self.mean, "variance": self.variance, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=APP)
+class Autoencoder(AnomalyDetector):
+    """Dense autoencoder: features -> 64 -> code -> 64 -> features, score = mean squared error
+    of the reconstruction in standardised units."""
+
+    def __init__(self, n_features, log_mask, mean, variance, **kwargs):
+        super().__init__(n_features, log_mask, mean, variance, **kwargs)
+        self.encoder = keras.Sequential(
+            [layers.Dense(HIDDEN_UNITS, activation="relu"), layers.Dense(code_units(n_features))],
+            name="encoder",
+        )
+        self.decoder = keras.Sequential(
+            [layers.Dense(HIDDEN_UNITS, activation="relu"), layers.Dense(n_features)],
+            name="decoder",
+        )
+
+    def score_standardized(self, z):
+        reconstruction = self.decoder(self.encoder(z))
+        return ops.mean(ops.square(z - reconstruction), axis=-1)
+
+    def train_step(self, rows):
+        z = self.standardize(rows)
+        with tf.GradientTape() as tape:
+            loss = ops.mean(self.score_standardized(z))
+            # The optimizer sums gradients across replicas: each contributes 1 / replicas.
+            replica_loss = loss / self.replicas()
+        gradients = tape.gradient(replica_loss, self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, rows):
+        self.loss_tracker.update_state(ops.mean(self(rows)))
+        return {"loss": self.loss_tracker.result()}
+
+
+@keras.saving.register_keras_serializable(package=APP)
+class VariationalAutoencoder(AnomalyDetector):
+    """VAE with a Gaussian encoder q(c | z) and a Gaussian decoder p(z | c) whose variance is
+    learned per feature and per row. Loss: the negative ELBO, -E_q[log p(z | c)] + KL(q || N(0, I)).
+    Score: -log p(z | mean of q), the reconstruction log-likelihood at the posterior mean."""
+
+    def __init__(self, n_features, log_mask, mean, variance, **kwargs):
+        super().__init__(n_features, log_mask, mean, variance, **kwargs)
+        code = code_units(n_features)
+        self.encoder = keras.Sequential(
+            [layers.Dense(HIDDEN_UNITS, activation="relu"), layers.Dense(2 * code)],
+            name="encoder",
+        )
+        self.decoder = keras.Sequential(
+            [layers.Dense(HIDDEN_UNITS, activation="relu"), layers.Dense(2 * n_features)],
+            name="decoder",
+        )
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.kl_tracker]
+
+    def encode(self, z):
+        code_mean, code_log_variance = ops.split(self.encoder(z), 2, axis=-1)
+        return code_mean, code_log_variance
+
+    def negative_log_likelihood(self, z, code):
+        mean, log_variance = ops.split(self.decoder(code), 2, axis=-1)
+        log_variance = ops.maximum(log_variance, MIN_LOG_VARIANCE)
+        # -log N(z; mean, exp(log_variance)) summed over features, without the constant.
+        return 0.5 * ops.sum(ops.square(z - mean) * ops.exp(-log_variance) + log_variance, axis=-1)
+
+    def score_standardized(self, z):
+        code_mean, _ = self.encode(z)
+        return self.negative_log_likelihood(z, code_mean)
+
+    def train_step(self, rows):
+        z = self.standardize(rows)
+        context = tf.distribute.get_replica_context()
+        # A fresh stateless stream per step and replica (a SeedGenerator would give every
+        # replica the same noise; an int seed inside tf.function repeats every step).
+        seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32) + self.seed,
+                         tf.cast(context.replica_id_in_sync_group, tf.int32)])
+        with tf.GradientTape() as tape:
+            code_mean, code_log_variance = self.encode(z)
+            epsilon = tf.random.stateless_normal(tf.shape(code_mean), seed=seed)
+            code = code_mean + ops.exp(0.5 * code_log_variance) * epsilon  # reparameterised
+            reconstruction = self.negative_log_likelihood(z, code)
+            kl = -0.5 * ops.sum(1.0 + code_log_variance - ops.square(code_mean)
+                                - ops.exp(code_log_variance), axis=-1)
+            loss = ops.mean(reconstruction + KL_WEIGHT * kl)
+            replica_loss = loss / self.replicas()
+        gradients = tape.gradient(replica_loss, self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        self.loss_tracker.update_state(loss)
+        self.kl_tracker.update_state(ops.mean(kl))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, rows):
+        # Validation loss: the deterministic score (no sampling), which is what gets served.
+        self.loss_tracker.update_state(ops.mean(self(rows)))
+        return {"loss": self.loss_tracker.result()}
+
+
+@keras.saving.register_keras_serializable(package=APP)
+class RBMDetector(AnomalyDetector):
+    """A Gaussian-Bernoulli RBM on the standardised rows; score = free energy F(z). Trained
+    outside `fit` of this model by `layers.rbm.RBMTrainer` (CD-k), which updates the same
+    `rbm` layer."""
+
+    def __init__(self, n_features, log_mask, mean, variance, **kwargs):
+        from layers.rbm import RBM
+
+        super().__init__(n_features, log_mask, mean, variance, **kwargs)
+        self.rbm = RBM(RBM_HIDDEN_UNITS, visible="gaussian", name="rbm")
+        self.rbm.build((None, self.n_features))  # the score reads its weights, not its call
+
+    def score_standardized(self, z):
+        return self.rbm.free_energy(z)
+
+
+DETECTORS = {"autoencoder": Autoencoder, "vae": VariationalAutoencoder, "rbm": RBMDetector}
+
+
+def build_model(model_name: str, n_features: int, log_mask, mean, variance,
+                seed: int = SEED) -> AnomalyDetector:
+    if model_name not in DETECTORS:
+        raise UsageError(f"--model {model_name}: choose from {', '.join(MODELS)}")
+    detector = DETECTORS[model_name](n_features, log_mask, mean, variance, seed=seed,
+                                     name=model_name)
+    detector(np.zeros((1, n_features), "float32"))  # creates the weights
+    return detector
+
+
+def build_for(model_name: str, schema: tabular.Schema, train_normals: np.ndarray,
+              seed: int = SEED) -> AnomalyDetector:
+    """A detector whose scaling statistics come from `train_normals`."""
+    log_mask = [float(name in schema.log_features) for name in schema.features]
+    mean, variance = scaling_statistics(train_normals, log_mask)
+    return build_model(model_name, len(schema.features), log_mask, mean, variance, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Threshold and figures
+# ---------------------------------------------------------------------------------------------
+
+
+def score(detector: AnomalyDetector, features: np.ndarray) -> np.ndarray:
+    return detector.predict(np.asarray(features, "float32"), batch_size=4_096, verbose=0)
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray | None) -> tuple[float, str]:
+    """The validation threshold and the rule that chose it."""
+    from sklearn.metrics import precision_recall_curve
+
+    if labels is None or labels.sum() == 0 or labels.sum() == len(labels):
+        threshold = float(np.percentile(scores, NORMAL_QUANTILE))
+        return threshold, f"{NORMAL_QUANTILE}th percentile of the validation normals' scores"
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))  # the last point has no threshold
+    # Flags are `score > threshold`: halfway to the next lower score keeps the chosen rows.
+    below = scores[scores < thresholds[best]]
+    threshold = (thresholds[best] + below.max()) / 2 if len(below) else thresholds[best] - 1e-6
+    return float(threshold), "best F1 on the validation split"
+
+
+def detection_figures(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """ROC-AUC, PR-AUC (average precision) and the figures at the threshold."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    flags = scores > threshold
+    true_positive = int((flags & (labels == 1)).sum())
+    false_positive = int((flags & (labels == 0)).sum())
+    false_negative = int((~flags & (labels == 1)).sum())
+    true_negative = int((~flags & (labels == 0)).sum())
+    precision = true_positive / max(true_positive + false_positive, 1)
+    recall = true_positive / max(true_positive + false_negative, 1)
+    both_classes = 0 < labels.sum() < len(labels)
+    return {
+        "roc_auc": float(roc_auc_score(labels, scores)) if both_classes else None,
+        "pr_auc": float(average_precision_score(labels, scores)) if both_classes else None,
+        "anomaly_rate": float(labels.mean()),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "accuracy": (true_positive + true_negative) / max(len(labels), 1),
+        "confusion": {"true_negative": true_negative, "false_positive": false_positive,
+                      "false_negative": false_negative, "true_positive": true_positive},
+        "rows": int(len(labels)),
+        "anomalies": int(labels.sum()),
+    }
+
+
+def plot_detection(labels: np.ndarray, scores: np.ndarray, threshold: float, run_dir: Path,
+                   title: str) -> list[Path]:
+    """pr_curve.png, roc_curve.png and score_histogram.png of the test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    paths = []
+    if 0 < labels.sum() < len(labels):
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        false_positive_rate, true_positive_rate, _ = roc_curve(labels, scores)
+        for name, x, y, xlabel, ylabel, chance in (
+            ("pr_curve", recall, precision, "recall", "precision", labels.mean()),
+            ("roc_curve", false_positive_rate, true_positive_rate, "false positive rate",
+             "true positive rate", None),
+        ):
+            figure, axis = plt.subplots(figsize=(5, 4.2))
+            axis.plot(x, y, label=title)
+            if chance is None:
+                axis.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+            else:
+                axis.axhline(chance, ls="--", color="grey", label=f"chance ({chance:.3f})")
+            axis.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02),
+                     title=f"{name.replace('_', ' ').upper()[:3]} curve (test split)")
+            axis.grid(alpha=0.3)
+            axis.legend(loc="lower left" if chance is not None else "lower right")
+            figure.tight_layout()
+            paths.append(run_dir / f"{name}.png")
+            figure.savefig(paths[-1], dpi=100)
+            plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    # Scores span orders of magnitude (frauds reconstruct badly): bins on a symmetric log scale.
+    shifted = scores - min(scores.min(), threshold) + 1.0
+    bins = np.geomspace(shifted.min(), shifted.max() + 1e-9, 50)
+    for value, name, colour in ((0, "normal", "tab:blue"), (1, "anomaly", "tab:red")):
+        if (labels == value).any():
+            axis.hist(shifted[labels == value], bins=bins, alpha=0.6, color=colour,
+                      label=f"{name} ({int((labels == value).sum())})", log=True)
+    axis.axvline(threshold - min(scores.min(), threshold) + 1.0, color="black", ls="--",
+                 label="threshold")
+    axis.set(xscale="log", xlabel="anomaly score (shifted to start at 1)", ylabel="rows",
+             title=f"Score histogram, test split ({title})")
+    axis.legend()
+    figure.tight_layout()
+    paths.append(run_dir / "score_histogram.png")
+    figure.savefig(paths[-1], dpi=100)
+    plt.close(figure)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+
+def load_data(run: dict) -> tabular.Splits:
+    """The run's data source, split the way training split it."""
+    table = tabular.load_table(run["data"], label=run.get("label_option"),
+                               time=run.get("time_option"), rows=run.get("rows", SYNTHETIC_ROWS),
+                               seed=run.get("data_seed", 0))
+    splits = tabular.split(table)
+    tabular.check_trainable(splits, run["data"])
+    return splits
+
+
+def fit_detector(detector: AnomalyDetector, model_name: str, splits: tabular.Splits,
+                 run_dir: Path, epochs: int, global_batch: int, seed: int, resumed: bool,
+                 verbose) -> None:
+    """Trains on the training normals; the validation normals pick the best epoch."""
+    train = tabular.batches(splits.train.normals(), global_batch, shuffle=True, seed=seed)
+    validation = tabular.batches(splits.validation.normals(), global_batch)
+    if model_name == "rbm":
+        fit_rbm(detector, train, validation, run_dir, epochs, resumed, verbose)
+        return
+    detector.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
+    detector.fit(train, validation_data=validation, epochs=epochs, verbose=verbose,
+                 callbacks=runner.training_callbacks(run_dir, monitor="val_loss",
+                                                     resumed=resumed, mode="min"))
+
+
+def fit_rbm(detector: RBMDetector, train, validation, run_dir: Path, epochs: int,
+            resumed: bool, verbose) -> None:
+    """CD-k on standardised rows. The last epoch is kept: free energies of different epochs
+    differ by the (unknown) log partition function, so they cannot pick a best epoch."""
+    from layers.rbm import RBMTrainer
+
+    trainer = RBMTrainer(detector.rbm, k=RBM_CD_STEPS, seed=detector.seed)
+    trainer.build((None, detector.n_features))  # BackupAndRestore needs a built model
+    trainer.compile(optimizer=keras.optimizers.SGD(
+        RBM_LEARNING_RATE, momentum=RBM_MOMENTUM, weight_decay=RBM_WEIGHT_DECAY))
+    trainer.fit(
+        train.map(detector.standardize), validation_data=validation.map(detector.standardize),
+        epochs=epochs, verbose=verbose,
+        callbacks=[
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed),
+            keras.callbacks.TensorBoard(str(run_dir / "logs")),
+            keras.callbacks.BackupAndRestore(str(runner.backup_dir(run_dir)),
+                                             double_checkpoint=True),
+        ],
+    )
+    detector.save(run_dir / "best.keras")
+
+
+def train(
+    data: str = DEFAULT_DATA,
+    model_name: str = DEFAULT_MODEL,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    strategy_name: str = "auto",
+    run_dir: Path | None = None,
+    label: str | None = None,
+    time_column: str | None = None,
+    rows: int = SYNTHETIC_ROWS,
+    seed: int = SEED,
+    verbose: int | str = "auto",
+) -> dict:
+    """Trains `model_name` on the normal rows of `data`'s training split, chooses the threshold
+    on validation, reports on test. Returns the test figures."""
+    run_dir = Path(run_dir or default_run_dir(model_name))
+    keras.utils.set_random_seed(seed)
+    run = {"app": APP, "model": model_name, "data": data, "label_option": label,
+           "time_option": time_column, "rows": rows, "data_seed": 0}
+    splits = load_data(run)
+    schema = splits.train.schema
+    strategy = runner.choose_strategy(strategy_name)
+    global_batch = batch_size * strategy.num_replicas_in_sync
+
+    resumed_after = runner.start_run(run_dir)
+    if resumed_after is not None:
+        print(f"Resuming {run_dir} from its backup after epoch {resumed_after}")
+    run.update({"source": splits.train.name, "schema": schema.to_json(), "split": splits.by,
+                "epochs": epochs, "batch_size": batch_size, "seed": seed,
+                "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
+                "train_normal_rows": len(splits.train.normals()),
+                "validation_rows": len(splits.validation), "test_rows": len(splits.test)})
+    runner.write_json(run_dir / "run.json", run)
+    started = time.perf_counter()
+    with strategy.scope():
+        detector = build_for(model_name, schema, splits.train.normals().features, seed)
+        fit_detector(detector, model_name, splits, run_dir, epochs, global_batch, seed,
+                     resumed_after is not None, verbose)
+    run["train_seconds"] = time.perf_counter() - started
+    runner.plot_history(run_dir)
+
+    best = load_detector(run_dir)
+    validation_labels = splits.validation.labels
+    run["threshold"], run["threshold_rule"] = choose_threshold(
+        score(best, splits.validation.features), validation_labels)
+    runner.write_json(run_dir / "run.json", run)
+    mark_last(run_dir)
+    metrics = held_out_metrics(best, splits, run, run_dir)
+    runner.write_json(run_dir / "metrics.json", metrics)
+    print(f"{APP} {model_name} on {splits.train.name}: test ROC-AUC {fmt(metrics['roc_auc'])},"
+          f" PR-AUC {fmt(metrics['pr_auc'])} (anomaly rate {metrics['anomaly_rate']:.4f}),"
+          f" F1 {metrics['f1']:.3f} at threshold {run['threshold']:.4g}; run directory {run_dir}")
+    return metrics
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def mark_last(run_dir: Path) -> None:
+    """`predict`, `evaluate` and `export` use the last trained run unless told otherwise."""
+    (run_dir.parent / "last").write_text(str(run_dir.resolve()) + "\n")
+
+
+def compare(data: str = DEFAULT_DATA, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE,
+            strategy_name: str = "auto", runs_root: Path | None = None, **options) -> list[dict]:
+    """`train --compare`: every model on the same split; one table."""
+    runs_root = Path(runs_root or runner.RUNS_ROOT / APP)
+    rows = []
+    for model_name in MODELS:
+        print(f"\n=== {model_name} ===")
+        metrics = train(data, model_name, epochs, batch_size, strategy_name,
+                        runs_root / model_name, **options)
+        run = json.loads((runs_root / model_name / "run.json").read_text())
+        rows.append({"model": model_name, "ROC-AUC": fmt(metrics["roc_auc"]),
+                     "PR-AUC": fmt(metrics["pr_auc"]), "precision": f"{metrics['precision']:.3f}",
+                     "recall": f"{metrics['recall']:.3f}", "F1": f"{metrics['f1']:.3f}",
+                     "train s": f"{run['train_seconds']:.0f}"})
+    print(f"\nTest split of {data} ({metrics['rows']} rows, {metrics['anomalies']} anomalies,"
+          " thresholds chosen on validation)")
+    runner.print_table(rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_run_dir(run_dir: Path | None, model_name: str | None) -> Path:
+    """--run-dir, else the --model's default directory, else the last trained run."""
+    if run_dir is not None:
+        return Path(run_dir)
+    if model_name is not None:
+        return default_run_dir(model_name)
+    last = runner.RUNS_ROOT / APP / "last"
+    return Path(last.read_text().strip()) if last.is_file() else default_run_dir(DEFAULT_MODEL)
+
+
+def load_detector(run_dir: Path) -> AnomalyDetector:
+    checkpoint = Path(run_dir) / "best.keras"
+    if not checkpoint.is_file():
+        raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
+    if "RBMDetector" in _config_class(checkpoint):
+        import layers.rbm  # noqa: F401  (registers the RBM layer for deserialisation)
+    return keras.saving.load_model(checkpoint)
+
+
+def _config_class(checkpoint: Path) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint) as archive:
+        return json.loads(archive.read("config.json"))["class_name"]
+
+
+def load_run(run_dir: Path) -> tuple[AnomalyDetector, dict]:
+    detector = load_detector(run_dir)
+    run = json.loads((Path(run_dir) / "run.json").read_text())
+    if "threshold" not in run:
+        raise UsageError(f"{run_dir}: training did not finish; run `train` again")
+    return detector, run
+
+
+def held_out_metrics(detector: AnomalyDetector, splits: tabular.Splits, run: dict,
+                     run_dir: Path) -> dict:
+    """Test-split figures at the run's threshold; evaluation.json and the PNGs."""
+    test = splits.test
+    if test.labels is None:
+        raise DataError(f"{run['data']}: no label column, so there is nothing to evaluate"
+                        " against")
+    scores = score(detector, test.features)
+    metrics = {"model": run["model"], "data": run["data"], "split": splits.by,
+               "threshold": run["threshold"], "threshold_rule": run["threshold_rule"],
+               **detection_figures(test.labels, scores, run["threshold"])}
+    plot_detection(test.labels, scores, run["threshold"], run_dir, run["model"])
+    runner.write_json(run_dir / "evaluation.json", metrics)
+    return metrics
+
+
+def evaluate(run_dir: Path | None = None, model_name: str | None = None) -> dict:
+    """`evaluate`: ROC-AUC, PR-AUC, figures at the threshold and a confusion table."""
+    run_dir = resolve_run_dir(run_dir, model_name)
+    detector, run = load_run(run_dir)
+    metrics = held_out_metrics(detector, load_data(run), run, run_dir)
+    c = metrics["confusion"]
+    print(f"{run['model']} on {run['data']}, test split ({metrics['split']}):"
+          f" {metrics['rows']} rows, {metrics['anomalies']} anomalies"
+          f" (rate {metrics['anomaly_rate']:.4f})\n")
+    runner.print_table([
+        {"ROC-AUC": fmt(metrics["roc_auc"]), "PR-AUC (AP)": fmt(metrics["pr_auc"]),
+         "precision": f"{metrics['precision']:.3f}", "recall": f"{metrics['recall']:.3f}",
+         "F1": f"{metrics['f1']:.3f}", "threshold": f"{run['threshold']:.4g}"}
+    ])
+    print(f"\nthreshold: {run['threshold_rule']}\n")
+    runner.print_table([
+        {"": "true normal", "flagged normal": c["true_negative"],
+         "flagged anomaly": c["false_positive"]},
+        {"": "true anomaly", "flagged normal": c["false_negative"],
+         "flagged anomaly": c["true_positive"]},
+    ])
+    print(f"\nPR and ROC curves, score histogram and JSON in {run_dir}")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: score a CSV file, streaming
+# ---------------------------------------------------------------------------------------------
+
+
+def predict(path: Path, output: Path, run_dir: Path | None = None,
+            model_name: str | None = None, quiet: bool = False) -> dict:
+    """Writes `path`'s rows back with `score` and `is_anomaly` columns, chunk by chunk, to a
+    temporary file renamed to `output` at the end: a bad row leaves no output behind."""
+    import csv
+
+    from tqdm import tqdm
+
+    path, output = Path(path), Path(output)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    run_dir = resolve_run_dir(run_dir, model_name)
+    detector, run = load_run(run_dir)
+    schema = tabular.Schema.from_json(run["schema"])
+    threshold = run["threshold"]
+    header = tabular.read_header(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial",
+                                         dir=output.parent)
+    rows = flagged = 0
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow([*header, "score", "is_anomaly"])
+            progress = tqdm(unit=" rows", desc=f"scoring {path.name}", disable=quiet)
+            for chunk in tabular.read_csv_chunks(path, schema, PREDICT_CHUNK_ROWS):
+                scores = detector.predict_on_batch(chunk.features)
+                flags = scores > threshold
+                writer.writerows([*row, f"{s:.6g}", int(f)]
+                                 for row, s, f in zip(chunk.rows, scores, flags))
+                rows += len(scores)
+                flagged += int(flags.sum())
+                progress.update(len(scores))
+            progress.close()
+        if rows == 0:
+            raise DataError(f"{path}, line 2: no data rows after the header")
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return {"rows": rows, "flagged": flagged, "output": str(output), "model": run["model"],
+            "threshold": threshold}
+
+
+# ---------------------------------------------------------------------------------------------
+# export: SavedModel for TF Serving, .tflite for phones
+# ---------------------------------------------------------------------------------------------
+
+
+def input_name(feature: str) -> str:
+    """A feature column's name as a signature input name (letters, digits, '_', '.', '-')."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", feature)
+    return name if name[:1].isalnum() else f"f_{name}"
+
+
+def serving_archive(detector: AnomalyDetector, schema: tabular.Schema,
+                    threshold: float) -> keras.export.ExportArchive:
+    """`serving_default`: one float32 [batch] input per feature column, named after it.
+
+    Named columns are what a TF Serving client has: `{"instances": [{"amount": 12.5, "hour":
+    3.2, ...}]}` is a CSV row as JSON, without knowing the model's column order. Separate
+    inputs also give each column its own int8 scale in the quantised .tflite (one [batch,
+    features] tensor would share one scale between amounts in thousands and shares below 1).
+    """
+    names = [input_name(f) for f in schema.features]
+    archive = keras.export.ExportArchive()
+    archive.track(detector)
+
+    def serve(columns):
+        rows = tf.stack([columns[name] for name in names], axis=1)  # [batch, features]
+        scores = detector(rows, training=False)
+        return {"score": scores, "is_anomaly": scores > threshold}
+
+    archive.add_endpoint(
+        "serving_default", serve,
+        input_signature=[{name: tf.TensorSpec([None], tf.float32, name=name) for name in names}],
+    )
+    return archive
+
+
+def columns_of(features: np.ndarray, schema: tabular.Schema) -> dict[str, np.ndarray]:
+    return {input_name(f): np.ascontiguousarray(features[:, i], dtype="float32")
+            for i, f in enumerate(schema.features)}
+
+
+def tflite_outputs(content: bytes, features: np.ndarray, schema: tabular.Schema):
+    """(scores, flags) of a .tflite model run in the LiteRT interpreter, 1,024 rows a call."""
+    litert = LiteRTModel(content).signature("serving_default")
+    scores, flags = [], []
+    for start in range(0, len(features), 1_024):
+        out = litert(**columns_of(features[start : start + 1_024], schema))
+        scores.append(out["score"])
+        flags.append(out["is_anomaly"])
+    return np.concatenate(scores), np.concatenate(flags).astype(bool)
+
+
+def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE,
+           model_name: str | None = None, quiet: bool = False) -> dict:
+    """Publishes a run's detector as the next version under `model_base/fraud/`."""
+    from tqdm import tqdm
+
+    run_dir = resolve_run_dir(run_dir, model_name)
+    detector, run = load_run(run_dir)
+    schema = tabular.Schema.from_json(run["schema"])
+    splits = load_data(run)
+    test = splits.test
+    threshold = run["threshold"]
+    keras_scores = score(detector, test.features)
+    keras_flags = keras_scores > threshold
+    report = {"model": run["model"], "threshold": threshold, "test_rows": len(test),
+              "keras": detection_figures(test.labels, keras_scores, threshold)}
+    # int8 calibration: training normals and validation rows, so that the calibrated score
+    # range reaches past the threshold.
+    rng = np.random.default_rng(SEED)
+    calibration_rows = np.concatenate([splits.train.normals().features, splits.validation.features])
+    calibration_rows = calibration_rows[rng.permutation(len(calibration_rows))[:REPRESENTATIVE_ROWS]]
+
+    def write(version_dir: Path) -> None:
+        serving_archive(detector, schema, threshold).write_out(str(version_dir), verbose=False)
+        extra = version_dir / exporting.EXTRA_DIR
+        extra.mkdir()
+        runner.write_json(extra / "schema.json", {
+            **schema.to_json(), "inputs": [input_name(f) for f in schema.features],
+            "threshold": threshold, "threshold_rule": run["threshold_rule"],
+            "model": run["model"], "outputs": {"score": "higher = more anomalous",
+                                               "is_anomaly": "score > threshold"}})
+        runner.write_json(extra / "litert.json", {"signature": "serving_default",
+                                                  "output": "score"})
+        for variant in tqdm(TFLITE_VARIANTS, desc="TFLite", disable=quiet):
+            content = exporting.convert_to_tflite(
+                version_dir, "serving_default", variant,
+                (columns_of(calibration_rows[i : i + 1], schema)
+                 for i in range(len(calibration_rows))),
+            )
+            path = extra / f"{APP}_{variant}.tflite"
+            path.write_bytes(content)
+            scores, flags = tflite_outputs(content, test.features, schema)
+            report[variant] = {
+                "file": path.name, "bytes": len(content),
+                **detection_figures(test.labels, scores, threshold),
+                "flags_as_keras": float((flags == keras_flags).mean()),
+            }
+            # Quantised scores keep their order, not their values: the baked-in threshold
+            # applies to the dequantised score inside the interpreter.
+        runner.write_json(extra / "tflite_report.json", report)
+
+    version_dir = exporting.publish(Path(model_base) / APP, write)
+    report["saved_model"] = str(version_dir)
+    if not quiet:
+        runner.print_table(
+            [{"format": "Keras", "file": "best.keras", "size (KiB)": "",
+              "ROC-AUC": fmt(report["keras"]["roc_auc"]), "F1": f"{report['keras']['f1']:.3f}",
+              "same flags as Keras": ""}]
+            + [{"format": f"TFLite {v}", "file": report[v]["file"],
+                "size (KiB)": f"{report[v]['bytes'] / 1024:.1f}",
+                "ROC-AUC": fmt(report[v]["roc_auc"]), "F1": f"{report[v]['f1']:.3f}",
+                "same flags as Keras": f"{report[v]['flags_as_keras']:.2%}"}
+               for v in TFLITE_VARIANTS]
+        )
+        print(f"\nSavedModel (serving_default: {len(schema.features)} named float inputs ->"
+              f" score, is_anomaly) and .tflite files in {version_dir}")
+    return report
+
+
+def demo(model_base: Path = MODEL_BASE) -> dict:
+    """`make demo`'s share: the autoencoder on the synthetic transactions, then export."""
+    metrics = train(verbose=2)
+    report = export(model_base=model_base, model_name=DEFAULT_MODEL, quiet=True)
+    return {
+        "app": "fraud (dense autoencoder)",
+        "quality": f"test PR-AUC {metrics['pr_auc']:.3f} (fraud rate"
+                   f" {metrics['anomaly_rate']:.3f}), ROC-AUC {metrics['roc_auc']:.3f}",
+        "SavedModel": report["saved_model"],
+        ".tflite KiB f32/f16/dyn/int8": (f"{report['float32']['bytes'] / 1024:.0f}/-/-/"
+                                         f"{report['int8']['bytes'] / 1024:.0f}"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.fraud",
+        description="Fraud / anomaly detection with autoencoders, VAEs and RBMs trained on"
+                    " normal rows: train, evaluate, score CSV files, export.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_run_options(sub, default_model=None):
+        sub.add_argument("--model", choices=MODELS, default=default_model,
+                         help="autoencoder (reconstruction error), vae (reconstruction"
+                              " likelihood) or rbm (free energy)"
+                              + (" (default: %(default)s)" if default_model else
+                                 " (default: the last trained run)"))
+        sub.add_argument("--run-dir", type=Path,
+                         help="run directory (default: runs/fraud/<model>)")
+        return sub
+
+    train_parser = with_run_options(commands.add_parser("train", help="train a detector"),
+                                    DEFAULT_MODEL)
+    train_parser.add_argument(
+        "--data", default=DEFAULT_DATA,
+        help="synthetic (embedded card transactions, default), a CSV file (ULB creditcard.csv"
+             " is recognised; others: every column but --label and --time is a feature), or a"
+             " UCR .txt file (class 1 = normal)")
+    train_parser.add_argument("--label", help="label column of a CSV (0 = normal; default:"
+                                              " 'label' when present)")
+    train_parser.add_argument("--time", dest="time_column",
+                              help="time column of a CSV: split by it (default: 'time' when"
+                                   " present, else a stratified split)")
+    train_parser.add_argument("--rows", type=int, default=SYNTHETIC_ROWS,
+                              help="synthetic rows to generate (default: %(default)s)")
+    train_parser.add_argument("--compare", action="store_true",
+                              help="train all three models on the same split, one table")
+    train_parser.add_argument("--seed", type=int, default=SEED)
+    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                              help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
+    runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
+
+    with_run_options(commands.add_parser("evaluate", help="test-split figures and plots"))
+
+    predict_parser = with_run_options(
+        commands.add_parser("predict", help="score the rows of a CSV file"))
+    predict_parser.add_argument("file", type=Path, metavar="FILE.csv")
+    predict_parser.add_argument("--output", type=Path, required=True, metavar="OUT.csv",
+                                help="the rows with `score` and `is_anomaly` columns added")
+
+    export_parser = with_run_options(
+        commands.add_parser("export", help="SavedModel version + .tflite files"))
+    export_parser.add_argument("--model-base", type=Path, default=MODEL_BASE,
+                               help="default: %(default)s")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.command == "train":
+        runner.split_cpu(args.devices)
+        options = {"label": args.label, "time_column": args.time_column, "rows": args.rows,
+                   "seed": args.seed, "verbose": args.verbose}
+        if args.compare:
+            compare(args.data, args.epochs, args.batch_size, args.strategy,
+                    args.run_dir, **options)
+        else:
+            train(args.data, args.model, args.epochs, args.batch_size, args.strategy,
+                  args.run_dir, **options)
+    elif args.command == "evaluate":
+        evaluate(args.run_dir, args.model)
+    elif args.command == "predict":
+        result = predict(args.file, args.output, args.run_dir, args.model)
+        print(f"{result['rows']} rows scored by {result['model']}, {result['flagged']} flagged"
+              f" (score > {result['threshold']:.4g}) -> {result['output']}")
+    elif args.command == "export":
+        export(args.run_dir, args.model_base, args.model)
+
+
+if __name__ == "__main__":
+    runner.run_cli(main)
