@@ -16,6 +16,11 @@ convolution and subsampling, then three fully connected layers:
 table (each C3 map sees 3, 4 or all 6 of the S2 maps, Table I of the paper). The output is a
 softmax instead of the paper's Euclidean RBF units. `lenet5-modern` keeps the topology with what
 came after: ReLU, max pooling, batch normalisation and dropout.
+
+Two models from before the convolutional era read the same 32x32 frames as 1,024 pixels:
+`dbn`, a deep belief network (`layers/dbn.py`: RBMs pretrained greedily without labels, then
+fine-tuned by backpropagation, Hinton et al., 2006), and `dsn`, a deep stacking network
+(`layers/dsn.py`: modules whose upper weights are solved in closed form, Deng & Yu, 2011).
 """
 
 import argparse
@@ -30,13 +35,15 @@ from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
+from layers.dbn import DeepBeliefNetwork
+from layers.dsn import DeepStackingNetwork
 from pipelines import digit_frames
 from pipelines import images as image_data
 from serving import export as exporting
 from serving.litert import LiteRTModel
 
 APP = "digit_ocr"
-MODELS = ("lenet5", "lenet5-modern")
+MODELS = ("lenet5", "lenet5-modern", "dbn", "dsn")
 DEFAULT_MODEL = "lenet5"
 DEFAULT_DATA = "digits"
 EPOCHS = 30
@@ -45,10 +52,20 @@ LEARNING_RATE = 2e-3  # AdamW, decayed along a cosine to zero over the run
 # AdamW's decoupled weight decay, per model: classic LeNet-5 gains ~0.5 point on the embedded
 # digits from strong decay; the batch-normalised one is best with almost none (MNIST runs of
 # bench/mnist_lenet.py, table in bench/README.md).
-WEIGHT_DECAY = {"lenet5": 5e-2, "lenet5-modern": 5e-4}
+WEIGHT_DECAY = {"lenet5": 5e-2, "lenet5-modern": 5e-4, "dbn": 1e-4}
 SEED = 42
 STEPS_PER_EXECUTION = 32
 MODERN_DROPOUT = 0.1  # before F6 and before the output layer of lenet5-modern
+# The deep belief network: Hinton et al.'s (2006) 500-500-2000 stack, each RBM pretrained by CD-1
+# for DBN_PRETRAIN_EPOCHS, then `--epochs` of fine-tuning.
+DBN_HIDDEN_UNITS = (500, 500, 2000)
+DBN_PRETRAIN_EPOCHS = 10
+# The deep stacking network: modules of DSN_HIDDEN_UNITS sigmoid units, each refined by
+# DSN_REFINE_EPOCHS gradient epochs between closed-form solutions of its upper weights
+# (`--epochs` is ignored for it).
+DSN_MODULES = 3
+DSN_HIDDEN_UNITS = 1000
+DSN_REFINE_EPOCHS = 2
 INPUT_SHAPE = (image_data.MODEL_SIZE, image_data.MODEL_SIZE, 1)
 MODEL_BASE = Path("saved_models")
 
@@ -128,8 +145,54 @@ def build_lenet5_modern(num_classes: int = 10, dropout: float = MODERN_DROPOUT) 
     return keras.Model(inputs, outputs, name="lenet5_modern")
 
 
+def build_dbn(num_classes: int = 10) -> keras.Model:
+    """The DBN's classifier with random weights; `pretrain_dbn` gives it the RBMs' weights."""
+    return DeepBeliefNetwork(DBN_HIDDEN_UNITS).classifier(INPUT_SHAPE, num_classes)
+
+
+def pretrain_dbn(classifier: keras.Model, train_batches: tf.data.Dataset, verbose) -> None:
+    """Greedy layer-wise pretraining of the RBM stack on the training images (labels unused),
+    then the RBMs' weights and hidden biases into the classifier's sigmoid layers."""
+    dbn = DeepBeliefNetwork(DBN_HIDDEN_UNITS, seed=SEED)
+    dbn.pretrain(train_batches, DBN_PRETRAIN_EPOCHS, verbose=verbose)
+    pretrained = dbn.classifier(INPUT_SHAPE, classifier.output_shape[-1])
+    for layer in pretrained.layers:
+        if layer.name.endswith("_dense"):
+            classifier.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def build_dsn(num_classes: int = 10) -> keras.Model:
+    return DeepStackingNetwork(DSN_MODULES, DSN_HIDDEN_UNITS, num_classes)
+
+
+def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
+              validation_batches: tf.data.Dataset, num_classes: int, run_dir: Path,
+              verbose) -> None:
+    """Module by module; history.csv gets one row per module (its "epoch" is the module)."""
+    def one_hot(batches):
+        return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
+
+    rows = []
+    for k in range(model.num_modules):
+        if verbose:
+            print(f"DSN module {k + 1}/{model.num_modules}")
+        model.fit_module(k, one_hot(train_batches), refine_epochs=DSN_REFINE_EPOCHS,
+                         verbose=verbose)
+        figures = {split: model.evaluate(one_hot(batches), verbose=0, return_dict=True)
+                   for split, batches in (("", train_batches), ("val_", validation_batches))}
+        rows.append({"epoch": k, **{f"{split}{name}": figures[split][key]
+                                    for split in figures
+                                    for name, key in (("accuracy", "categorical_accuracy"),
+                                                      ("loss", "loss"))}})
+    with open(run_dir / "history.csv", "w") as handle:
+        handle.write(",".join(rows[0]) + "\n")
+        handle.writelines(",".join(str(v) for v in row.values()) + "\n" for row in rows)
+    model.save(run_dir / "best.keras")
+
+
 def build_model(model_name: str, num_classes: int = 10) -> keras.Model:
-    builders = {"lenet5": build_lenet5, "lenet5-modern": build_lenet5_modern}
+    builders = {"lenet5": build_lenet5, "lenet5-modern": build_lenet5_modern, "dbn": build_dbn,
+                "dsn": build_dsn}
     if model_name not in builders:
         raise UsageError(f"--model {model_name}: choose from {', '.join(MODELS)}")
     return builders[model_name](num_classes)
@@ -189,17 +252,28 @@ def train(
          "epochs": epochs, "batch_size": batch_size, "augment": augment, "seed": seed,
          "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch},
     )
+    train_batches = image_data.batches(
+        dataset.train, global_batch, shuffle=True, augment=augment, seed=seed
+    )
+    validation_batches = image_data.batches(dataset.validation, global_batch)
     with strategy.scope():
         model = build_model(model_name, dataset.num_classes)
-        compile_model(model, steps=epochs * steps_per_epoch, model_name=model_name)
-    model.fit(
-        image_data.batches(dataset.train, global_batch, shuffle=True, augment=augment, seed=seed),
-        validation_data=image_data.batches(dataset.validation, global_batch),
-        epochs=epochs,
-        callbacks=runner.training_callbacks(run_dir, resumed=resumed_after is not None),
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=verbose,
-    )
+        if model_name == "dsn":
+            train_dsn(model, train_batches, validation_batches, dataset.num_classes, run_dir,
+                      verbose)
+        else:
+            if model_name == "dbn" and resumed_after is None:
+                pretrain_dbn(model, train_batches, verbose)
+            compile_model(model, steps=epochs * steps_per_epoch, model_name=model_name)
+    if model_name != "dsn":
+        model.fit(
+            train_batches,
+            validation_data=validation_batches,
+            epochs=epochs,
+            callbacks=runner.training_callbacks(run_dir, resumed=resumed_after is not None),
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=verbose,
+        )
     runner.plot_history(run_dir)
     best_model, _ = load_run(run_dir)
     metrics = held_out_metrics(best_model, dataset, run_dir, model_name)
@@ -220,7 +294,9 @@ def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
     checkpoint = run_dir / "best.keras"
     if not checkpoint.is_file():
         raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
-    return keras.saving.load_model(checkpoint), json.loads((run_dir / "run.json").read_text())
+    # Not compiled: what reads a finished run only predicts.
+    model = keras.saving.load_model(checkpoint, compile=False)
+    return model, json.loads((run_dir / "run.json").read_text())
 
 
 def held_out_metrics(model: keras.Model, dataset: image_data.ImageDataset, run_dir: Path,

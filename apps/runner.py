@@ -14,6 +14,7 @@ A run directory holds one training run:
 
 import argparse
 import csv
+import functools
 import json
 import shutil
 import sys
@@ -57,7 +58,18 @@ def choose_strategy(name: str):
     if name == "one" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices)
+    return mirrored_strategy(tuple(devices))
+
+
+@functools.cache
+def mirrored_strategy(devices: tuple[str, ...]):
+    """One MirroredStrategy per device set and process. A second one over the same devices
+    reuses the first one's collective instance keys, and its all-reduces then fail with "Shape
+    mismatch in the collective instance" (TensorFlow 2.21): `make demo`, a notebook or a test
+    session that trains twice would hit it."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device(digits):
         loss = model.fit(one_batch, verbose=0).history["loss"][0]
         return loss, [w.numpy() for w in model.weights]
 
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = runner.choose_strategy("mirrored")
     assert mirrored.num_replicas_in_sync == 2
     single_loss, single_weights = first_step(tf.distribute.get_strategy())
     mirrored_loss, mirrored_weights = first_step(mirrored)

@@ -1,0 +1,179 @@
+"""Deep stacking network (DSN): simple modules stacked on the raw input plus earlier outputs.
+
+Deng & Yu's deep stacking network ("Deep convex net: a scalable architecture for speech pattern
+classification", Interspeech 2011; Deng, Yu & Platt, "Scalable stacking and learning for building
+deep architectures", ICASSP 2012) is built from modules that are each trained on their own. A
+module is a network with one hidden layer, sigmoid hidden units and linear outputs:
+
+    H = sigmoid(X W + a)        X: [examples, inputs]   W: [inputs, hidden]   H: [examples, hidden]
+    Y = H U                     U: [hidden, classes]    Y: [examples, classes]
+
+(The papers keep examples in columns and write H = sigmoid(W^T X), Y = U^T H; here examples are
+rows, as in Keras.) With the lower weights W fixed, the output is linear in U, so the upper weights
+that minimise the squared error to one-hot targets T plus a ridge penalty lambda |U|^2 have a
+closed form, a convex problem instead of a gradient descent:
+
+    U = (H^T H + lambda I)^-1 H^T T
+
+H^T H and H^T T are sums over examples, so they are accumulated batch by batch from a `tf.data`
+pipeline and the data never sit in memory at once; under a `tf.distribute` strategy each replica
+sums its share and the sums are added. Stacking: module k reads the raw input concatenated with the
+outputs of modules 1..k-1, so each module corrects what the ones below got wrong. W comes from
+random values or a pretrained RBM (`layers.rbm`), and can be refined by gradient steps; here the
+refinement alternates epochs of gradient descent on W (U held fixed) with a fresh closed-form U.
+
+`DeepStackingNetwork` is a `keras.Model`: once trained it predicts, saves, exports and converts to
+TFLite like any other (its ops are matmuls, sigmoids and concatenations).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+RIDGE = 1.0  # lambda: the upper weights' ridge penalty
+REFINE_LEARNING_RATE = 1e-3  # Adam, for the optional gradient refinement of W
+
+
+@keras.saving.register_keras_serializable(package="layers")
+class DSNModule(keras.layers.Layer):
+    """One DSN module: `call(x)` = sigmoid(x W + a) U; U is solved, not trained by gradients."""
+
+    def __init__(self, hidden_units: int, output_units: int, init_scale: float = 4.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = int(hidden_units)
+        self.output_units = int(output_units)
+        self.init_scale = float(init_scale)
+
+    def build(self, input_shape):
+        fan_in = input_shape[-1]
+        # Random lower weights large enough that the sigmoids are not all in their linear middle,
+        # else the module is little more than a linear model of its input.
+        self.lower_kernel = self.add_weight(
+            shape=(fan_in, self.hidden_units),
+            initializer=keras.initializers.RandomNormal(0.0, self.init_scale / np.sqrt(fan_in)),
+            name="lower_kernel",
+        )
+        self.lower_bias = self.add_weight(shape=(self.hidden_units,), initializer="zeros",
+                                          name="lower_bias")
+        self.upper = self.add_weight(shape=(self.hidden_units, self.output_units),
+                                     initializer="zeros", trainable=False, name="upper")
+
+    def hidden(self, inputs):
+        return ops.sigmoid(ops.matmul(inputs, self.lower_kernel) + self.lower_bias)
+
+    def call(self, inputs):
+        return ops.matmul(self.hidden(inputs), self.upper)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.output_units)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": self.hidden_units,
+                "output_units": self.output_units, "init_scale": self.init_scale}
+
+
+@keras.saving.register_keras_serializable(package="layers")
+class DeepStackingNetwork(keras.Model):
+    """A stack of `DSNModule`s; `call(x)` gives the top module's outputs (class scores).
+
+    Train it module by module with `fit_module(k, dataset)` (k = 0, 1, ...), where `dataset`
+    yields (inputs, one-hot targets) batches. Inputs are flattened here, so images can go in as
+    they are.
+    """
+
+    def __init__(self, num_modules: int, hidden_units: int, output_units: int,
+                 ridge: float = RIDGE, **kwargs):
+        super().__init__(**kwargs)
+        self.num_modules = int(num_modules)
+        self.hidden_units = int(hidden_units)
+        self.output_units = int(output_units)
+        self.ridge = float(ridge)
+        self.stack = [DSNModule(hidden_units, output_units, name=f"module_{k + 1}")
+                      for k in range(num_modules)]
+        self.depth = self.num_modules  # how many modules `call` runs; lowered while training
+
+    def build(self, input_shape):
+        features = int(np.prod(input_shape[1:]))
+        for k, module in enumerate(self.stack):
+            module.build((None, features + k * self.output_units))
+        self.built = True
+
+    def module_inputs(self, inputs, k):
+        """What module k reads: the raw input and the outputs of modules 0..k-1, side by side."""
+        x = ops.reshape(inputs, (ops.shape(inputs)[0], -1))
+        features = [x]
+        for module in self.stack[:k]:
+            features.append(module(ops.concatenate(features, axis=-1)))
+        return ops.concatenate(features, axis=-1)
+
+    def call(self, inputs):
+        top = self.stack[self.depth - 1]
+        return top(self.module_inputs(inputs, self.depth - 1))
+
+    # -----------------------------------------------------------------------------------------
+    # Training, one module at a time
+    # -----------------------------------------------------------------------------------------
+
+    def solve_upper(self, k: int, dataset: tf.data.Dataset) -> np.ndarray:
+        """Sets module k's U = (H^T H + lambda I)^-1 H^T T, summed over `dataset`'s batches."""
+        module = self.stack[k]
+        strategy = tf.distribute.get_strategy()
+
+        def statistics(inputs, targets):  # one replica's share of one batch
+            hidden = tf.cast(module.hidden(self.module_inputs(inputs, k)), tf.float64)
+            targets = tf.cast(targets, tf.float64)
+            return (tf.matmul(hidden, hidden, transpose_a=True),
+                    tf.matmul(hidden, targets, transpose_a=True))
+
+        @tf.function
+        def accumulate(inputs, targets):
+            gram, cross = strategy.run(statistics, args=(inputs, targets))
+            return (strategy.reduce("SUM", gram, axis=None),
+                    strategy.reduce("SUM", cross, axis=None))
+
+        # Sums in float64: over tens of thousands of examples float32 loses the small directions.
+        gram = np.zeros((self.hidden_units, self.hidden_units))
+        cross = np.zeros((self.hidden_units, self.output_units))
+        for inputs, targets in strategy.experimental_distribute_dataset(dataset):
+            batch_gram, batch_cross = accumulate(inputs, targets)
+            gram += batch_gram.numpy()
+            cross += batch_cross.numpy()
+        upper = np.linalg.solve(gram + self.ridge * np.eye(self.hidden_units), cross)
+        module.upper.assign(upper.astype("float32"))
+        return upper
+
+    def fit_module(self, k: int, dataset: tf.data.Dataset, lower_init=None,
+                   refine_epochs: int = 0, validation_data=None, verbose="auto") -> dict:
+        """Trains module k on top of the (fixed) modules below it.
+
+        Args:
+            lower_init: optional (kernel, bias) for W and a, e.g. from an RBM trained on the
+                module's inputs; random otherwise.
+            refine_epochs: epochs of gradient descent on W (mean squared error against the
+                targets, U fixed), each followed by a new closed-form U.
+        Returns module k's mean squared error and accuracy after training (on `validation_data`
+        when given).
+        """
+        if not self.built:
+            self.build(dataset.element_spec[0].shape)
+        module = self.stack[k]
+        if lower_init is not None:
+            module.lower_kernel.assign(lower_init[0])
+            module.lower_bias.assign(lower_init[1])
+        self.depth = k + 1
+        for j, each in enumerate(self.stack):  # only module k learns; those below are done
+            each.trainable = j == k
+        self.solve_upper(k, dataset)
+        self.compile(optimizer=keras.optimizers.Adam(REFINE_LEARNING_RATE),
+                     loss="mean_squared_error", metrics=["categorical_accuracy"])
+        for _ in range(refine_epochs):
+            self.fit(dataset, epochs=1, verbose=verbose)
+            self.solve_upper(k, dataset)
+        figures = self.evaluate(validation_data or dataset, verbose=0, return_dict=True)
+        return figures
+
+    def get_config(self):
+        return {**super().get_config(), "num_modules": self.num_modules,
+                "hidden_units": self.hidden_units, "output_units": self.output_units,
+                "ridge": self.ridge}

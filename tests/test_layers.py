@@ -1,0 +1,243 @@
+"""RBM, DBN and DSN: exact checks on cases small enough to enumerate, the distributed updates
+against one device, and real learning on the embedded digits."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from apps import runner
+from layers.dbn import DeepBeliefNetwork
+from layers.dsn import DeepStackingNetwork
+from layers.rbm import RBM, RBMTrainer
+from pipelines import images
+
+
+def all_binary_states(n: int) -> np.ndarray:
+    return np.array(list(itertools.product([0, 1], repeat=n)), dtype="float32")
+
+
+def random_rbm(visible: int, hidden: int, kind: str = "bernoulli", seed: int = 0) -> RBM:
+    rbm = RBM(hidden, visible=kind)
+    rbm.build((None, visible))
+    rng = np.random.default_rng(seed)
+    for weight in rbm.weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    return rbm
+
+
+def energies(rbm: RBM, visible: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """E(v, h) for every pair, [len(visible), len(hidden)], straight from the definition."""
+    W, c, b = (np.asarray(w, dtype="float64") for w in (rbm.kernel, rbm.hidden_bias,
+                                                         rbm.visible_bias))
+    v = visible.astype("float64")
+    interaction = v @ W @ hidden.T.astype("float64")
+    if rbm.visible == "bernoulli":
+        visible_term = -(v @ b)[:, None]
+    else:
+        visible_term = 0.5 * ((v - b) ** 2).sum(axis=1)[:, None]
+    return visible_term - (hidden @ c)[None, :] - interaction
+
+
+# ---------------------------------------------------------------------------------------------
+# RBM
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_free_energy_equals_brute_force_sum_over_hidden_states(kind):
+    rbm = random_rbm(4, 3, kind)
+    visible = (all_binary_states(4) if kind == "bernoulli"
+               else np.random.default_rng(1).normal(size=(16, 4)).astype("float32"))
+    brute_force = -np.log(np.exp(-energies(rbm, visible, all_binary_states(3))).sum(axis=1))
+    np.testing.assert_allclose(rbm.free_energy(visible).numpy(), brute_force, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_conditionals_match_the_joint_distribution():
+    """p(h_j = 1 | v) from `call` equals the marginal computed from the enumerated joint."""
+    rbm = random_rbm(4, 3)
+    visible, hidden = all_binary_states(4), all_binary_states(3)
+    joint = np.exp(-energies(rbm, visible, hidden))
+    posterior = joint / joint.sum(axis=1, keepdims=True)  # p(h | v), [16 v, 8 h]
+    np.testing.assert_allclose(rbm(visible).numpy(), posterior @ hidden, rtol=1e-5, atol=1e-6)
+
+
+def exact_log_likelihood(rbm: RBM, data: np.ndarray) -> float:
+    """Mean log p(v) over `data`, with the partition function summed over all visible states."""
+    states = all_binary_states(data.shape[1])
+    log_partition = np.logaddexp.reduce(-rbm.free_energy(states).numpy().astype("float64"))
+    return float(np.mean(-rbm.free_energy(data).numpy()) - log_partition)
+
+
+def two_prototype_data(rows: int = 1024, seed: int = 0) -> np.ndarray:
+    """Six binary units drawn around two opposite prototypes: an enumerable distribution."""
+    rng = np.random.default_rng(seed)
+    prototype = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    flip = rng.random((rows, 6)) < 0.1
+    which = rng.random((rows, 1)) < 0.5
+    return (np.where(which, prototype, ~prototype) ^ flip).astype("float32")
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["CD-1", "PCD-1"])
+def test_contrastive_divergence_raises_exact_log_likelihood(persistent):
+    keras.utils.set_random_seed(0)
+    data = two_prototype_data()
+    rbm = RBM(4)
+    trainer = RBMTrainer(rbm, k=1, persistent=persistent, chains=64)
+    trainer.compile(keras.optimizers.SGD(0.1, momentum=0.5))
+    trainer.fit(data[:64], batch_size=64, epochs=1, verbose=0)  # builds; a tiny first step
+    before = exact_log_likelihood(rbm, data)
+    trainer.fit(data, batch_size=32, epochs=30, verbose=0)
+    after = exact_log_likelihood(rbm, data)
+    # The data's entropy bounds the mean log-likelihood from above: 6 units flipped with p = 0.1
+    # around one of two prototypes give about -2.6 nats; uniform guessing gives 6 ln 2 = -4.16.
+    assert before < -4.0
+    assert after > -3.0, (before, after)
+
+
+def test_gaussian_rbm_free_energy_flags_points_off_the_data():
+    """What the fraud app relies on: after training on normal points, outliers have higher free
+    energy than held-out normal points."""
+    from sklearn.metrics import roc_auc_score
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(3, 8))
+    normal = (rng.normal(size=(3000, 3)) @ mixing).astype("float32")  # rank-3 data in 8-d
+    normal = (normal - normal.mean(0)) / normal.std(0)
+    outliers = rng.normal(size=(200, 8)).astype("float32") * 1.5
+    rbm = RBM(16, visible="gaussian")
+    trainer = RBMTrainer(rbm, k=1)
+    trainer.compile(keras.optimizers.SGD(0.01, momentum=0.9))
+    trainer.fit(normal[:2500], batch_size=50, epochs=10, verbose=0)
+    scores = np.concatenate([rbm.free_energy(normal[2500:]), rbm.free_energy(outliers)])
+    labels = np.r_[np.zeros(500), np.ones(200)]
+    assert roc_auc_score(labels, scores) > 0.9
+
+
+def test_rbm_update_under_mirrored_strategy_equals_one_device():
+    """Same global batch, same initial weights: 3 CD-1 steps on 2 logical CPUs leave the same
+    weights as on one device (gradients scaled per replica, noise drawn per example)."""
+    data = two_prototype_data(rows=192)
+    initial = [w.numpy() for w in random_rbm(6, 5).weights]
+
+    def train(strategy):
+        with strategy.scope():
+            rbm = RBM(5)
+            rbm.build((None, 6))
+            rbm.set_weights(initial)
+            trainer = RBMTrainer(rbm, k=2, seed=7)
+            trainer.compile(keras.optimizers.SGD(0.1, momentum=0.5, weight_decay=1e-3))
+        trainer.fit(tf.data.Dataset.from_tensor_slices(data).batch(64), epochs=1, verbose=0)
+        return [w.numpy() for w in rbm.weights]
+
+    single = train(tf.distribute.get_strategy())
+    mirrored = train(runner.choose_strategy("mirrored"))
+    for one, two, start in zip(single, mirrored, initial):
+        assert not np.allclose(one, start)  # it did learn something
+        np.testing.assert_allclose(two, one, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# DSN
+# ---------------------------------------------------------------------------------------------
+
+
+def toy_regression(rows=300, features=5, outputs=3, seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=(rows, features)).astype("float32")
+    targets = np.tanh(inputs @ rng.normal(size=(features, outputs))).astype("float32")
+    return inputs, targets
+
+
+def test_closed_form_upper_weights_equal_numpy_ridge_least_squares():
+    inputs, targets = toy_regression()
+    ridge = 0.5
+    dsn = DeepStackingNetwork(num_modules=2, hidden_units=20, output_units=3, ridge=ridge)
+    batches = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(64)
+    dsn.fit_module(0, batches, verbose=0)
+    dsn.fit_module(1, batches, verbose=0)
+    for k, module in enumerate(dsn.stack):
+        hidden = module.hidden(dsn.module_inputs(inputs, k)).numpy().astype("float64")
+        # min |H U - T|^2 + ridge |U|^2 as one least-squares problem: [H; sqrt(ridge) I] U = [T; 0]
+        stacked = np.vstack([hidden, np.sqrt(ridge) * np.eye(20)])
+        padded = np.vstack([targets, np.zeros((20, 3))])
+        expected, *_ = np.linalg.lstsq(stacked, padded, rcond=None)
+        np.testing.assert_allclose(module.upper.numpy(), expected, rtol=1e-4, atol=1e-5)
+    # Stacking: module 2 reads the raw input and module 1's outputs.
+    assert dsn.stack[1].lower_kernel.shape == (5 + 3, 20)
+
+
+def test_dsn_training_under_mirrored_strategy_equals_one_device():
+    inputs, targets = toy_regression(rows=256)
+    batches = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(64)
+
+    def train(strategy):
+        keras.utils.set_random_seed(3)
+        with strategy.scope():
+            dsn = DeepStackingNetwork(num_modules=2, hidden_units=16, output_units=3)
+            for k in range(2):
+                dsn.fit_module(k, batches, refine_epochs=1, verbose=0)
+        return [w.numpy() for w in dsn.weights]
+
+    single = train(tf.distribute.get_strategy())
+    mirrored = train(runner.choose_strategy("mirrored"))
+    for one, two in zip(single, mirrored):
+        np.testing.assert_allclose(two, one, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# DBN and DSN on the embedded digits
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digit_batches(digits):
+    return (images.batches(digits.train, 64, shuffle=True),
+            images.batches(digits.validation, 256), images.batches(digits.test, 256))
+
+
+def test_pretraining_gives_a_better_start_than_random_weights(digit_batches):
+    """Same architecture, same short fine-tuning: the pretrained DBN ends with the lower held-out
+    loss (Hinton et al., 2006; Erhan et al., 2010)."""
+    train, validation, _ = digit_batches
+    held_out_loss = {}
+    for pretrained in (True, False):
+        keras.utils.set_random_seed(0)
+        dbn = DeepBeliefNetwork([256, 256])
+        if pretrained:
+            dbn.pretrain(train, epochs=5, verbose=0)
+        classifier = dbn.classifier((32, 32, 1), 10)
+        classifier.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        classifier.fit(train, epochs=3, verbose=0)
+        held_out_loss[pretrained] = classifier.evaluate(validation, verbose=0)
+    assert held_out_loss[True] < 0.8 * held_out_loss[False], held_out_loss
+
+
+def test_dbn_dreams_look_like_its_data(digit_batches):
+    """Samples from the top RBM, passed down, are far more probable under the first RBM than
+    random images are."""
+    train, _, _ = digit_batches
+    keras.utils.set_random_seed(0)
+    dbn = DeepBeliefNetwork([128, 64])
+    dbn.pretrain(train, epochs=5, verbose=0)
+    dreams = dbn.sample(50, gibbs_steps=50)
+    noise = np.random.default_rng(0).random((50, 1024)).astype("float32")
+    first = dbn.rbms[0]
+    assert dreams.shape == (50, 1024)
+    assert np.median(first.free_energy(dreams)) < np.median(first.free_energy(noise)) - 100
+
+
+@pytest.mark.parametrize("model_name", ["dbn", "dsn"])
+def test_digit_ocr_trains_dbn_and_dsn_past_95_percent(model_name, tmp_path):
+    from apps import digit_ocr
+
+    metrics = digit_ocr.train(model_name=model_name, epochs=20, run_dir=tmp_path, verbose=0)
+    assert metrics["test_accuracy"] >= 0.95, metrics["test_accuracy"]
+    assert (tmp_path / "training_curves.png").is_file()
+    reloaded, run = digit_ocr.load_run(tmp_path)
+    assert run["model"] == model_name
+    assert reloaded.count_params() > 0
