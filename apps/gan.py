@@ -293,11 +293,15 @@ class GAN(keras.Model):
         """The same figures on held-out images, nothing updated. A validation d_real well below
         the training one means D memorises the training images instead of learning digits."""
         real, labels = data
-        noise = self.draw_noise(tf.shape(real)[0], stream=2)
-        conditional = [labels] if self.conditional else []
-        fake = self.generator([noise, *conditional], training=False)
-        real_logits = self.discriminator([real, *conditional], training=False)
-        fake_logits = self.discriminator([fake, *conditional], training=False)
+        noise = self.draw_noise(tf.shape(real)[0], stream=2)  # one draw for the whole epoch
+        if self.conditional:
+            fake = self.generator([noise, labels], training=False)
+            real_logits = self.discriminator([real, labels], training=False)
+            fake_logits = self.discriminator([fake, labels], training=False)
+        else:
+            fake = self.generator(noise, training=False)
+            real_logits = self.discriminator(real, training=False)
+            fake_logits = self.discriminator(fake, training=False)
         ones, zeros = ops.ones_like(real_logits), ops.zeros_like(fake_logits)
         figures = {
             "d_loss": ops.mean(ops.binary_crossentropy(ones, real_logits, from_logits=True))
@@ -532,7 +536,7 @@ class Judge:
 
     def __init__(self, lenet: keras.Model):
         self.classifier = lenet
-        self.features = keras.Model(lenet.inputs, lenet.get_layer("F6").output)
+        self.features = keras.Model(lenet.input, lenet.get_layer("F6").output)
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         pixels = image_data.to_model_input(frames).numpy()
@@ -580,6 +584,7 @@ def evaluate(run_dir: Path | None = None, model_name: str = DEFAULT_MODEL,
         noise = rng.standard_normal((len(real_b), LATENT_DIM)).astype(np.float32)
         return frechet_distance(judge.embed(sample_frames(model, noise, labels_b)), reference)
 
+    keras.utils.set_random_seed(EVALUATION_SEED)  # the same untrained weights every time
     untrained = build_generator(run["model"], num_classes, run["filters"])
     figures = {
         "model": run["model"],

@@ -1,0 +1,285 @@
+"""GANs end to end: both models learn (Frechet distance against an untrained generator, cGAN label
+accuracy against chance), a collapsed generator fails the coverage check, MirroredStrategy on two
+logical CPUs plays the same first step as one device, export round trip, generate, bad input,
+resume after an interruption."""
+
+import io
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from apps import digit_ocr, gan, runner
+from serving.litert import LiteRTModel
+
+EPOCHS = 20  # 19 steps an epoch on the embedded digits: 380 rounds of D and G
+FILTERS = 32  # half the default width: the same architecture, twice as fast
+
+
+@pytest.fixture(scope="module")
+def cgan_run(trained_run, tmp_path_factory):
+    """A cGAN trained briefly, judged by conftest's LeNet-5 (trained on the same digits)."""
+    run_dir = tmp_path_factory.mktemp("gan") / "cgan"
+    figures = gan.train(model_name="cgan", epochs=EPOCHS, filters=FILTERS, run_dir=run_dir,
+                        evaluator=trained_run, verbose=0)
+    return run_dir, figures
+
+
+@pytest.fixture(scope="module")
+def dcgan_run(trained_run, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("gan") / "dcgan"
+    figures = gan.train(model_name="dcgan", epochs=EPOCHS, filters=FILTERS, run_dir=run_dir,
+                        evaluator=trained_run, verbose=0)
+    return run_dir, figures
+
+
+@pytest.fixture(scope="module")
+def judge(trained_run):
+    return gan.Judge(digit_ocr.load_run(trained_run)[0])
+
+
+@pytest.fixture(scope="module")
+def cgan_export(cgan_run, tmp_path_factory):
+    return gan.export(cgan_run[0], model_base=tmp_path_factory.mktemp("saved_models"), quiet=True)
+
+
+def noise(count, seed=0):
+    return np.random.default_rng(seed).standard_normal((count, gan.LATENT_DIM)).astype(np.float32)
+
+
+# --- learning ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run", ["dcgan_run", "cgan_run"])
+def test_frechet_distance_falls_far_below_the_untrained_generators(run, request):
+    _, figures = request.getfixturevalue(run)
+    trained = figures["frechet_lenet"]
+    floor = figures["frechet_floor_real_vs_real"]
+    untrained = figures["frechet_untrained_generator"]
+    assert untrained > 10 * floor, figures  # the scale has room between floor and ceiling
+    assert trained < 0.2 * untrained, figures
+    assert trained < 5 * floor, figures
+    assert figures["frechet_images_per_set"] == 180  # half of the 360 held-out test digits
+
+
+def test_cgan_draws_the_digit_it_is_asked_for(cgan_run, judge):
+    run_dir, figures = cgan_run
+    assert figures["label_accuracy"] >= 0.7, figures["label_accuracy"]  # chance: 0.1
+    assert min(figures["label_accuracy_per_class"].values()) >= 0.2, figures
+    # The same measurement on an untrained copy stays near chance.
+    untrained = gan.build_generator("cgan", filters=FILTERS)
+    asked = np.arange(500) % 10
+    read = judge.classify(gan.sample_frames(untrained, noise(500), asked))
+    assert (read == asked).mean() <= 0.25
+    # and the figure written to the run directory is the one returned
+    assert json.loads((run_dir / "metrics.json").read_text())["label_accuracy"] == \
+        pytest.approx(figures["label_accuracy"])
+
+
+def test_collapsed_generator_fails_mode_coverage(cgan_run, dcgan_run, judge, digits):
+    # A generator that collapsed onto one digit: the trained cGAN, always asked for a 3.
+    generator, _ = gan.load_generator(cgan_run[0])
+    z = keras.Input((gan.LATENT_DIM,))
+    threes = keras.Model(z, generator([z, keras.ops.full_like(z[:, 0], 3, dtype="int32")]))
+    rng = np.random.default_rng(1)
+    collapsed = gan.mode_coverage(judge.classify(gan.unconditional_frames(threes, 1000, 10, rng)))
+    assert collapsed["covered"] <= 2 and not collapsed["passed"], collapsed
+    assert np.argmax(collapsed["counts"]) == 3
+    # What passes: the real test digits, and the trained DCGAN's unconditional samples.
+    real = np.stack([frame.numpy() for frame, _ in digits.test])
+    assert gan.mode_coverage(judge.classify(real))["passed"]
+    assert dcgan_run[1]["mode_coverage"]["covered"] >= 9, dcgan_run[1]["mode_coverage"]
+
+
+def test_frechet_distance_of_known_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((20_000, 4))
+    shift = np.array([1.0, -2.0, 0.0, 0.5])
+    b = 2.0 * rng.standard_normal((20_000, 4)) + shift
+    # |mu_a - mu_b|^2 + Tr(I + 4I - 2 * 2I) = 5.25 + 4
+    assert gan.frechet_distance(a, b) == pytest.approx(9.25, rel=0.02)
+    assert gan.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_run_directory_has_what_a_user_looks_at(cgan_run):
+    run_dir, _ = cgan_run
+    for name in ("history.csv", "training_curves.png", "samples.png", "generator.keras",
+                 "run.json", "evaluation.json", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    sheets = sorted((run_dir / "samples").glob("epoch_*.png"))
+    assert [p.name for p in sheets] == [f"epoch_{e:03d}.png" for e in range(1, EPOCHS + 1)]
+    first, last = (np.asarray(Image.open(p)) for p in (sheets[0], sheets[-1]))
+    assert first.shape == last.shape == (2 * (10 * 30 + 2),) * 2  # 10x10 cells of 28 + 2
+    assert np.abs(first.astype(int) - last.astype(int)).mean() > 5  # training changed them
+    history = runner.read_history(run_dir)
+    assert len(history["epoch"]) == EPOCHS
+    assert {"d_loss", "g_loss", "d_real", "d_fake", "val_d_real"} <= set(history)
+    assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
+    assert not (run_dir / "backup").exists()
+
+
+# --- distribution -----------------------------------------------------------------------------
+
+
+def test_mirrored_first_step_matches_one_device(digits):
+    batch = next(iter(gan.gan_batches(digits.train, 64)))
+    one_batch = tf.data.Dataset.from_tensors(batch)
+
+    def first_step(strategy, model_name):
+        keras.utils.set_random_seed(7)
+        with strategy.scope():
+            model = gan.build_gan(model_name, filters=16)
+            model.compile(steps_per_execution=1)
+        losses = model.fit(one_batch, verbose=0).history
+        return losses, [w.numpy() for w in model.weights]
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    # The cGAN: the DCGAN's path plus labels (tracing under MirroredStrategy is what costs here).
+    single, single_weights = first_step(tf.distribute.get_strategy(), "cgan")
+    replicated, mirrored_weights = first_step(mirrored, "cgan")
+    # d_loss is computed before any update, g_loss after D's update (so it checks how the
+    # replicas' gradients were combined); both need each replica's slice of the same noise, and
+    # batch statistics over the global batch.
+    for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+        assert replicated[name][0] == pytest.approx(single[name][0], rel=1e-4), name
+    for one, two in zip(single_weights, mirrored_weights):
+        np.testing.assert_allclose(one, two, atol=2e-5)
+
+
+def test_noise_changes_with_step_and_stream(digits):
+    model = gan.build_gan("dcgan", filters=8)
+    model.compile()
+    first = model.draw_noise(4, stream=0).numpy()
+    assert not np.allclose(first, model.draw_noise(4, stream=1).numpy())
+    np.testing.assert_array_equal(first, model.draw_noise(4, stream=0).numpy())  # stateless
+    model.g_optimizer.iterations.assign(1)
+    assert not np.allclose(first, model.draw_noise(4, stream=0).numpy())
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def test_saved_model_gives_uint8_images_and_png_bytes(cgan_run, cgan_export):
+    generator, _ = gan.load_generator(cgan_run[0])
+    z, labels = noise(16, seed=3), np.arange(16, dtype=np.int32) % 10
+    expected = gan.sample_frames(generator, z, labels)
+
+    reloaded = tf.saved_model.load(cgan_export["saved_model"])
+    images = reloaded.signatures["serving_default"](noise=tf.constant(z), label=tf.constant(labels))
+    images = images["images"].numpy()
+    assert images.dtype == np.uint8 and images.shape == (16, 28, 28, 1)
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+
+    encoded = reloaded.signatures["generate_png"](noise=tf.constant(z), label=tf.constant(labels))
+    encoded = encoded["png_bytes"].numpy()
+    assert len(encoded) == 16 and all(png.startswith(b"\x89PNG") for png in encoded)
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(png))) for png in encoded])
+    np.testing.assert_array_equal(decoded, images[..., 0])
+
+
+def test_tflite_generators_match_keras_in_litert(cgan_run, cgan_export):
+    generator, _ = gan.load_generator(cgan_run[0])
+    z, labels = noise(32, seed=4), np.arange(32, dtype=np.int32) % 10
+    expected = gan.sample_frames(generator, z, labels).astype(int)
+    extra = Path(cgan_export["saved_model"]) / "assets.extra"
+    for variant, max_off, mean_off in (("float32", 1, 0.01), ("float16", 8, 0.5)):
+        runner_ = LiteRTModel(extra / f"gan_cgan_{variant}.tflite").signature("serving_default")
+        images = runner_(noise=z, label=labels)["images"]
+        assert images.dtype == np.uint8 and images.shape == (32, 28, 28, 1)
+        difference = np.abs(images.astype(int) - expected)
+        assert difference.max() <= max_off and difference.mean() <= mean_off, variant
+    sizes = {v: cgan_export[v]["bytes"] for v in gan.TFLITE_VARIANTS}
+    assert sizes["float16"] <= 0.55 * sizes["float32"]
+    assert (extra / "labels.txt").read_text().split() == [str(d) for d in range(10)]
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+
+def test_generate_writes_one_png_per_image_or_a_sheet(cgan_run, judge, tmp_path):
+    run_dir, _ = cgan_run
+    out = tmp_path / "threes"
+    gan.main(["generate", "--model", "cgan", "--digit", "3", "--count", "30", "--output",
+              str(out), "--run-dir", str(run_dir), "--seed", "5"])
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == [f"cgan_3_{i:04d}.png" for i in range(30)]
+    frames = np.stack([np.asarray(Image.open(f)) for f in files])[..., None]
+    assert frames.shape == (30, 28, 28, 1) and frames.dtype == np.uint8
+    assert (judge.classify(frames) == 3).mean() >= 0.6
+    assert not list(out.glob(".*"))  # no partial files left
+
+    gan.main(["generate", "--model", "cgan", "--count", "20", "--grid", "--output", str(out),
+              "--run-dir", str(run_dir)])
+    sheet = np.asarray(Image.open(out / "cgan_grid.png"))
+    assert sheet.shape == (2 * 30 + 2, 10 * 30 + 2)  # two rows of ten
+
+
+# --- bad input: one line, exit status 2 -------------------------------------------------------
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(gan.main, argv)
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+def test_bad_requests_are_reported_in_one_line(cgan_run, dcgan_run, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    cases = [
+        (["generate", "--model", "dcgan", "--digit", "3", "--output", out, "--run-dir",
+          str(dcgan_run[0])], "--digit needs --model cgan"),
+        (["generate", "--model", "cgan", "--digit", "12", "--output", out, "--run-dir",
+          str(cgan_run[0])], "--digit 12"),
+        (["generate", "--model", "cgan", "--output", out, "--run-dir", str(tmp_path / "none")],
+         "run `train` first"),
+        (["evaluate", "--run-dir", str(tmp_path / "none")], "run `train` first"),
+        (["evaluate", "--model", "cgan", "--run-dir", str(cgan_run[0]), "--evaluator",
+          str(tmp_path)], "not a trained apps.digit_ocr run"),
+        (["train", "--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "r")],
+         "not 'digits'"),
+    ]
+    for argv, problem in cases:
+        code, err = run_main(argv, capsys)
+        assert code == 2 and err.count("\n") == 0 and problem in err, (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluator_trained_on_other_data_is_refused(tmp_path, cgan_run, trained_run, capsys):
+    other = tmp_path / "lenet"
+    other.mkdir()
+    (other / "best.keras").write_bytes((trained_run / "best.keras").read_bytes())
+    run = json.loads((trained_run / "run.json").read_text()) | {"data": "tfds:mnist"}
+    (other / "run.json").write_text(json.dumps(run))
+    code, err = run_main(["evaluate", "--model", "cgan", "--run-dir", str(cgan_run[0]),
+                          "--evaluator", str(other)], capsys)
+    assert code == 2 and "trained on tfds:mnist, the GAN on digits" in err
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def test_interrupted_training_resumes_from_its_backup(trained_run, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    saved = gan.EpochSamples.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        saved(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as a user's Ctrl-C would, after the epoch's files
+
+    monkeypatch.setattr(gan.EpochSamples, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        gan.train(model_name="dcgan", epochs=4, filters=8, run_dir=run_dir,
+                  evaluator=trained_run, verbose=0)
+    assert runner.resumable_epoch(run_dir) == 1  # epoch 0 backed up; epoch 1 interrupted
+    monkeypatch.setattr(gan.EpochSamples, "on_epoch_end", saved)
+    gan.train(model_name="dcgan", epochs=4, filters=8, run_dir=run_dir, evaluator=trained_run,
+              verbose=0)
+    assert "from its backup after epoch 1" in capsys.readouterr().out
+    assert [int(e) for e in runner.read_history(run_dir)["epoch"]] == [0, 1, 2, 3]
+    assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 4
