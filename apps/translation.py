@@ -293,10 +293,8 @@ class Translator:
             log_probs, state, _ = self.decode_step(tokens, state, memory, keys, mask)
             return log_probs, state
 
-        batch = tf.shape(source_ids)[0]
-        # A translation rarely needs more than twice the source's tokens plus a few.
-        limit = tf.minimum(2 * tf.shape(source_ids)[1] + OUTPUT_MARGIN, self.max_output_length)
-        return beam_search(step_fn, state, batch, tp.START, tp.END, limit, beam_width, alpha)
+        return beam_search(step_fn, state, tf.shape(source_ids)[0], tp.START, tp.END,
+                           self.output_limit(source_ids), beam_width, alpha)
 
     def compiled_search(self, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
         """`search` as one graph (tf.function), one per beam width and alpha."""
@@ -307,6 +305,27 @@ class Translator:
                 input_signature=[tf.TensorSpec([None, None], tf.int32)],
             )
         return self._compiled[key]
+
+    def output_limit(self, source_ids) -> tf.Tensor:
+        # A translation rarely needs more than twice the source's tokens plus a few.
+        return tf.minimum(2 * tf.shape(source_ids)[1] + OUTPUT_MARGIN, self.max_output_length)
+
+    def eager_greedy(self, source_ids) -> np.ndarray:
+        """Greedy decoding the way the TensorFlow NMT tutorial does it: a Python loop calling
+        the model once per token, eagerly. Same tokens as `search` with beam width 1 (and the
+        baseline of bench/translation.py). -> [batch, length], 0 after the end token."""
+        memory, keys, mask, state = self.encode(source_ids)
+        tokens = tf.fill([tf.shape(source_ids)[0]], tp.START)
+        done = tf.zeros_like(tokens, dtype=tf.bool)
+        output = []
+        for _ in range(int(self.output_limit(source_ids))):
+            log_probs, state, _ = self.decode_step(tokens, state, memory, keys, mask)
+            tokens = tf.where(done, tp.PAD, tf.argmax(log_probs, axis=-1, output_type=tf.int32))
+            output.append(tokens.numpy())
+            done = done | tf.equal(tokens, tp.END)
+            if bool(tf.reduce_all(done)):
+                break
+        return np.stack(output, axis=1)
 
     def source_ids(self, sentences: tf.Tensor) -> tf.Tensor:
         """string [batch] -> padded ids [batch, S]; one padding column more keeps S >= 1."""

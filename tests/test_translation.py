@@ -1,0 +1,295 @@
+"""Translation end to end on the generated en-fr corpus: a small model really learns (BLEU on
+held-out pairs against an untrained copy), beam search against greedy, the string SavedModel in a
+fresh process, LiteRT token for token against Keras, the command line and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from apps import runner
+from apps import translation as tr
+from layers.attention import AttentionDecoder
+from pipelines import DataError
+from pipelines import text_pairs as tp
+from serving.litert_seq2seq import Seq2SeqLiteRT
+
+PROJECT = Path(__file__).resolve().parents[1]
+# Small enough to train in well under a minute on 2 cores, big enough to translate well.
+SMALL = {"size": 8000, "epochs": 3}
+TEST_SENTENCES = 100
+SENTENCES = ["ninety-seven", "Wednesday, May 9, 2018", "seventy-one",
+             "four hundred and eighty thousand, three hundred and twelve", "June 16, 2003", ""]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("translation") / "en-fr"
+    metrics = tr.train(**SMALL, run_dir=run_dir, verbose=0)
+    return run_dir, metrics
+
+
+@pytest.fixture(scope="module")
+def translator(trained):
+    return tr.load_translator(trained[0])
+
+
+@pytest.fixture(scope="module")
+def corpus(trained):
+    return tr.corpus_of_run(json.loads((trained[0] / "run.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    model_base = tmp_path_factory.mktemp("saved_models")
+    report = tr.export(trained[0], model_base, quiet=True, check_sentences=30)
+    return Path(report["saved_model"]), report
+
+
+# --- learning ---------------------------------------------------------------------------------
+
+
+def test_small_model_reaches_high_bleu_where_an_untrained_copy_scores_near_zero(
+        trained, translator, corpus):
+    run_dir, metrics = trained
+    assert metrics["test_pairs"] == len(corpus.test) >= 350
+    assert metrics["bleu"] >= 85, metrics["bleu_signature"]
+    assert metrics["chrf"] >= 90
+    assert metrics["exact_match"] >= 0.6  # whole translations right, not only n-grams
+
+    run = json.loads((run_dir / "run.json").read_text())
+    untrained = tr.Translator(
+        tr.build_model(translator.source.size, translator.target.size, **run["model"]),
+        translator.source, translator.target, translator.max_output_length)
+    test = corpus.test[:TEST_SENTENCES]
+    hypotheses = untrained.translate([s for s, _ in test])
+    untrained_bleu = tr.bleu_and_chrf(hypotheses, [t for _, t in test], False)["bleu"]
+    assert untrained_bleu <= 5, untrained_bleu
+    # No test source sentence was seen in training.
+    assert not {s for s, _ in corpus.test} & {s for s, _ in corpus.train}
+
+
+def test_run_directory_has_what_a_user_looks_at(trained):
+    run_dir, _ = trained
+    for name in ("history.csv", "training_curves.png", "attention.png", "metrics.json",
+                 "evaluation.json", "best.keras", "run.json", "source_vocab.txt",
+                 "target_vocab.txt"):
+        assert (run_dir / name).is_file(), name
+    history = runner.read_history(run_dir)
+    assert len(history["epoch"]) == SMALL["epochs"]
+    assert history["loss"][-1] < history["loss"][0] / 5
+    assert history["val_masked_accuracy"][-1] >= 0.9
+    target_vocab = tp.read_vocabulary(run_dir / "target_vocab.txt")
+    assert target_vocab[:2] == [tp.START_TOKEN, tp.END_TOKEN]
+    assert "quatre" in target_vocab and "mai" in target_vocab
+    assert not (run_dir / "backup").exists()
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def test_beam_search_never_scores_lower_than_greedy(translator, corpus):
+    sentences = [s for s, _ in corpus.test[:TEST_SENTENCES]]
+    greedy = translator.best_ids(sentences, beam_width=1, alpha=0.0)
+    beam = translator.best_ids(sentences, beam_width=4, alpha=0.0)
+    assert np.all(beam["log_probs"] >= greedy["log_probs"] - 1e-4)
+    # A model score is what it is: recompute it by teacher forcing the chosen tokens.
+    for i in range(3):
+        tokens = beam["tokens"][i][: beam["lengths"][i]]
+        source = translator.source_ids(tf.constant([sentences[i]]))
+        target_in = tf.constant([[tp.START, *tokens[:-1]]])
+        log_probs = tf.nn.log_softmax(translator.model((source, target_in)))[0].numpy()
+        assert log_probs[np.arange(len(tokens)), tokens].sum() == pytest.approx(
+            beam["log_probs"][i], abs=1e-3)
+
+
+def test_compiled_width_one_equals_the_eager_token_loop(translator, corpus):
+    sentences = [s for s, _ in corpus.test[:16]]
+    ids = translator.source_ids(tf.constant(sentences))
+    compiled = translator.compiled_search(1, 0.0)(ids)["tokens"][:, 0].numpy()
+    eager = translator.eager_greedy(ids)
+    np.testing.assert_array_equal(compiled[:, : eager.shape[1]], eager)
+    assert not compiled[:, eager.shape[1]:].any()
+
+
+def test_decoder_steps_match_teacher_forcing_for_lstm_bahdanau():
+    decoder = AttentionDecoder(30, 8, 16, cell="lstm", attention="bahdanau")
+    memory = tf.random.stateless_normal([2, 5, 12], seed=[1, 2])
+    mask = tf.constant([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], tf.float32)
+    state = [tf.random.stateless_normal([2, 16], seed=[3, i]) for i in range(2)]
+    tokens = tf.constant([[2, 5, 9, 4], [2, 7, 7, 8]])
+    full, weights = decoder(tokens, memory, mask, state, return_attention=True)
+    keys = decoder.prepare_memory(memory)
+    for t in range(4):
+        log_probs, state, step_weights = decoder.step(tokens[:, t], state, memory, keys, mask)
+        np.testing.assert_allclose(log_probs, tf.nn.log_softmax(full[:, t]), atol=1e-5)
+        np.testing.assert_allclose(step_weights, weights[:, t], atol=1e-6)
+    assert np.all(weights.numpy()[0, :, 3:] == 0)  # padding gets no attention
+
+
+def test_two_layer_lstm_bahdanau_variant_trains(corpus):
+    source, target = tp.build_tokenizers(corpus.train[:300], (500, 500), ("word", "word"), False)
+    ids = tp.encode_pairs(corpus.train[:300], source, target, 40)
+    model = tr.build_model(source.size, target.size, 16, 16, num_layers=2, cell="lstm",
+                           attention="bahdanau", dropout=0.1)
+    tr.compile_model(model, steps=40, label_smoothing=0.1, learning_rate=1e-2)
+    one_batch = tp.batches(*ids, 32).take(1).cache()
+    history = model.fit(one_batch, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert len([layer for layer in model.get_layer("encoder").rnns]) == 2
+
+
+def test_masked_loss_ignores_padding_and_smooths_labels():
+    logits = tf.random.stateless_normal([2, 3, 5], seed=[0, 1])
+    labels = tf.constant([[1, 2, 0], [3, 0, 0]])
+    loss = tr.MaskedCrossEntropy()(labels, logits)
+    nll = -tf.nn.log_softmax(logits).numpy()
+    expected = (nll[0, 0, 1] + nll[0, 1, 2] + nll[1, 0, 3]) / 3
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    changed = tf.tensor_scatter_nd_update(logits, [[0, 2, 0], [1, 1, 4]], [50.0, -50.0])
+    assert float(tr.MaskedCrossEntropy()(labels, changed)) == pytest.approx(expected, rel=1e-5)
+    assert float(tr.MaskedCrossEntropy(0.1)(labels, logits)) != pytest.approx(expected)
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+def test_string_savedmodel_in_a_fresh_process_translates_as_in_process(exported, translator):
+    version_dir, _ = exported
+    script = (
+        "import json, sys, tensorflow as tf\n"
+        f"model = tf.saved_model.load({str(version_dir)!r})\n"
+        "serve = model.signatures['serving_default']\n"
+        "out = serve(sentences=tf.constant(json.loads(sys.argv[1])))\n"
+        "print(json.dumps([t.decode() for t in out['translation'].numpy().tolist()]))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script, json.dumps(SENTENCES)],
+                               capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    served = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert served == translator.translate(SENTENCES)
+    assert served[1] == "mercredi 9 mai 2018" and served[-1] == ""
+
+
+def test_litert_greedy_decode_matches_keras_token_for_token(exported, translator, corpus):
+    version_dir, report = exported
+    extra = version_dir / "assets.extra"
+    for variant in tr.LITE_VARIANTS:
+        assert (extra / f"translation_{variant}.tflite").is_file()
+    assert report["float32"]["same_tokens_as_keras_greedy"] == 1.0
+    assert report["dynamic"]["same_tokens_as_keras_greedy"] >= 0.8
+    assert report["float16"]["bytes"] < 0.6 * report["float32"]["bytes"]
+    lite = Seq2SeqLiteRT(extra / "translation_float32.tflite")
+    sentences = [s for s, _ in corpus.test[30:50]] + SENTENCES[:3]
+    keras_greedy = translator.best_ids(sentences, beam_width=1, alpha=0.0)
+    for i, sentence in enumerate(sentences):
+        tokens = lite.greedy_ids(lite.source_ids(sentence))
+        assert tokens == list(keras_greedy["tokens"][i][: keras_greedy["lengths"][i]])
+    assert lite.translate("Wednesday, May 9, 2018") == "mercredi 9 mai 2018"
+
+
+def test_litert_runner_needs_no_tensorflow_and_reports_too_long_input(exported):
+    version_dir, _ = exported
+    model = version_dir / "assets.extra" / "translation_float32.tflite"
+    script = (
+        "import sys\n"
+        "from serving.litert_seq2seq import main\n"
+        "try:\n"
+        f"    main([{str(model)!r}, 'Friday, March 27, 1992'])\n"
+        "finally:\n"
+        "    assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               cwd=PROJECT, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "vendredi 27 mars 1992"
+    too_long = " ".join(["ninety-seven"] * 20)  # 60 tokens, the static length is 40
+    completed = subprocess.run([sys.executable, "-m", "serving.litert_seq2seq", str(model),
+                                too_long], capture_output=True, text=True, cwd=PROJECT,
+                               timeout=120)
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "60 tokens" in lines[0] and "40" in lines[0], lines
+
+
+def test_python_standardisation_matches_the_graph(exported):
+    version_dir, _ = exported
+    lite = Seq2SeqLiteRT(version_dir / "assets.extra" / "translation_float32.tflite")
+    texts = ["¿Qué tal?  Très\u00a0bien, merci!", "Mittwoch, 9. Mai 2018", "(l'homme) «x» - y",
+             "tab\there", "  ninety-seven  "]
+    graph = [t.decode() for t in tp.standardize(tf.constant(texts)).numpy()]
+    assert [lite.standardize(t) for t in texts] == graph
+    assert graph[0] == "¿ Qué tal ? Très bien , merci !"
+    ids = lite.source_ids("ninety-seven")  # ninety - seven
+    assert ids.shape == (1, 40) and ids[0, 2] > 1 and not ids[0, 3:].any()
+
+
+def test_export_layout(exported):
+    version_dir, report = exported
+    assert version_dir.name == "1" and (version_dir / "saved_model.pb").is_file()
+    extra = version_dir / "assets.extra"
+    config = json.loads((extra / "litert.json").read_text())
+    assert config["signatures"] == ["encode", "decode_step"] and config["source_length"] == 40
+    assert (extra / "source_vocab.txt").is_file() and (extra / "tflite_report.json").is_file()
+    assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".incomplete")]
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def test_translate_command_prints_one_line_per_sentence(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    tr.main(["translate", "--run-dir", str(run_dir), "Wednesday, May 9, 2018", "seventy-one"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "mercredi 9 mai 2018" and len(lines) == 2
+    sentences = tmp_path / "in.txt"
+    sentences.write_text("June 16, 2003\n\nninety-seven\n")
+    tr.main(["translate", "--run-dir", str(run_dir), "--file", str(sentences)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0] == "16 juin 2003" and lines[1] == ""
+
+
+def test_evaluate_command_prints_bleu_and_examples(trained, capsys):
+    run_dir, metrics = trained
+    tr.main(["evaluate", "--run-dir", str(run_dir), "--beam-width", "2"])
+    out = capsys.readouterr().out
+    assert "sacreBLEU" in out and "chrF" in out and "reference" in out
+    figures = json.loads((run_dir / "evaluation.json").read_text())
+    assert figures["beam_width"] == 2 and figures["bleu"] >= 80
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(tr.main, argv)
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, trained, capsys):
+    no_tab = tmp_path / "pairs.tsv"
+    no_tab.write_text("Hola.\tHello.\nAdiós sin tabulador\n")
+    code, err = run_cli(["train", "--data", str(no_tab), "--run-dir", str(tmp_path / "r")],
+                        capsys)
+    assert code == 2 and err == [f"error: {no_tab}:2: no tab between source and target sentence"]
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Hola.\tHello.\n".encode() + "Adiós\tGoodbye.\n".encode("latin-1"))
+    code, err = run_cli(["translate", "--run-dir", str(trained[0]), "--file", str(bad)], capsys)
+    assert code == 2 and len(err) == 1 and f"{bad}:2: not UTF-8" in err[0]
+    code, err = run_cli(["evaluate", "--run-dir", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "run `train` first" in err[0]
+    code, err = run_cli(["translate", "--run-dir", str(trained[0])], capsys)
+    assert code == 2 and "give sentences or --file" in err[0]
+    with pytest.raises(DataError, match="--pair en-it"):
+        tr.load_corpus(pair="en-it")
+
+
+def test_help_describes_every_command(capsys):
+    for command in ([], ["train"], ["evaluate"], ["translate"], ["export"]):
+        with pytest.raises(SystemExit):
+            tr.parse_args([*command, "--help"])
+        assert "usage: python -m apps.translation" in capsys.readouterr().out
+    keras.backend.clear_session()
