@@ -276,7 +276,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, trained, capsys):
                         capsys)
     assert code == 2 and err == [f"error: {no_tab}:2: no tab between source and target sentence"]
     bad = tmp_path / "latin1.txt"
-    bad.write_bytes("Hola.\tHello.\n".encode() + "Adiós\tGoodbye.\n".encode("latin-1"))
+    bad.write_bytes(b"Hola.\tHello.\n" + "Adiós\tGoodbye.\n".encode("latin-1"))
     code, err = run_cli(["translate", "--run-dir", str(trained[0]), "--file", str(bad)], capsys)
     assert code == 2 and len(err) == 1 and f"{bad}:2: not UTF-8" in err[0]
     code, err = run_cli(["evaluate", "--run-dir", str(tmp_path / "nothing")], capsys)
