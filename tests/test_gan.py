@@ -5,6 +5,8 @@ resume after an interruption."""
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -16,6 +18,7 @@ from PIL import Image
 from apps import digit_ocr, gan, runner
 from serving.litert import LiteRTModel
 
+PROJECT = Path(__file__).resolve().parents[1]
 EPOCHS = 20  # 19 steps an epoch on the embedded digits: 380 rounds of D and G
 FILTERS = 32  # half the default width: the same architecture, twice as fast
 
@@ -274,12 +277,28 @@ def test_interrupted_training_resumes_from_its_backup(trained_run, tmp_path, mon
 
     monkeypatch.setattr(gan.EpochSamples, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        gan.train(model_name="dcgan", epochs=4, filters=8, run_dir=run_dir,
+        gan.train(model_name="dcgan", epochs=3, filters=8, run_dir=run_dir,
                   evaluator=trained_run, verbose=0)
     assert runner.resumable_epoch(run_dir) == 1  # epoch 0 backed up; epoch 1 interrupted
     monkeypatch.setattr(gan.EpochSamples, "on_epoch_end", saved)
-    gan.train(model_name="dcgan", epochs=4, filters=8, run_dir=run_dir, evaluator=trained_run,
+    gan.train(model_name="dcgan", epochs=3, filters=8, run_dir=run_dir, evaluator=trained_run,
               verbose=0)
     assert "from its backup after epoch 1" in capsys.readouterr().out
-    assert [int(e) for e in runner.read_history(run_dir)["epoch"]] == [0, 1, 2, 3]
-    assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 4
+    assert [int(e) for e in runner.read_history(run_dir)["epoch"]] == [0, 1, 2]
+    assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 3
+    assert not (run_dir / "backup").exists()  # finished: the backup is gone
+
+
+@pytest.mark.slow
+def test_train_command_mirrors_over_two_logical_cpus(trained_run, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "apps.gan", "train", "--model", "cgan", "--strategy", "mirrored",
+         "--devices", "2", "--epochs", "2", "--batch-size", "32", "--filters", "16",
+         "--run-dir", str(tmp_path), "--evaluator", str(trained_run), "--verbose", "0"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["replicas"] == 2 and run["global_batch_size"] == 64
+    figures = json.loads((tmp_path / "metrics.json").read_text())
+    assert figures["frechet_lenet"] < figures["frechet_untrained_generator"]
