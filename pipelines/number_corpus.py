@@ -20,7 +20,7 @@ import numpy as np
 LANGUAGES = ("en", "fr", "de", "es")
 PAIRS = ("en-fr", "en-de", "en-es", "fr-en", "de-en", "es-en")
 DEFAULT_PAIR = "en-fr"
-DEFAULT_SIZE = 30_000  # pairs
+DEFAULT_SIZE = 20_000  # pairs
 NUMBER_SHARE = 0.5  # the rest are dates
 MAX_DIGITS = 6
 FIRST_DAY = datetime.date(1900, 1, 1)
