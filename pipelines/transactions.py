@@ -8,13 +8,13 @@ Cardholders. Each card has its own habits, drawn once from `seed`:
 - a typical amount (log-normal across cards, median about 25) and how much it varies;
 - a daily rhythm: purchases cluster around the card's own hour of day (10:00 to 20:00 for most);
 - a favourite mix of merchant categories (a Dirichlet draw over `CATEGORIES`);
-- a home: most purchases happen a few km from it; about 3% happen while travelling, far away
-  but otherwise ordinary, so distance alone does not give fraud away.
+- a home: most purchases happen a few km from it (exponential, mean 4 km); about 3% happen
+  while travelling, far away but otherwise ordinary, so distance alone does not give fraud away.
 
 Frauds. About `fraud_rate` of the rows follow one of the patterns that card schemes describe:
 - card testing: a stolen number is tried with a burst of 3 to 8 small charges (0.5 to 5) at
   online merchants within minutes, before the real spending;
-- cash-out: one large amount (5 to 40 times the card's typical) at an odd hour (00:00 to 05:00)
+- cash-out: one large amount (3 to 12 times the card's typical) at an odd hour (00:00 to 05:00)
   in electronics or jewellery;
 - a far-away merchant: a card-present purchase hundreds to thousands of km from home, in a
   category the cardholder rarely uses.
@@ -66,7 +66,6 @@ def generate_transactions(rows: int = 30_000, fraud_rate: float = 0.01,
     peak_hour = rng.normal(15.0, 2.5, cards).clip(9.0, 21.0)
     hour_spread = rng.uniform(1.5, 3.5, cards)
     habits = rng.dirichlet(np.full(len(CATEGORIES), 0.6), cards)  # [cards, categories]
-    home = rng.uniform(0.0, 1_000.0, (cards, 2))  # km on a square map
 
     # Genuine purchases.
     normal_rows = int(round(rows * (1.0 - fraud_rate)))
@@ -102,7 +101,7 @@ def generate_transactions(rows: int = 30_000, fraud_rate: float = 0.01,
     c = rng.integers(0, cards, n)
     parts.append((c, rng.integers(0, DAYS, n) * 86_400.0 + rng.uniform(0.0, 5.0, n) * 3_600.0,
                   rng.choice([ELECTRONICS, JEWELLERY], n),
-                  np.exp(log_typical[c]) * rng.uniform(5.0, 40.0, n),
+                  np.exp(log_typical[c]) * rng.uniform(3.0, 12.0, n),
                   rng.exponential(20.0, n), np.ones(n, np.int64)))
 
     n = fraud_rows - testing_rows - n  # far-away merchant, a category the card rarely uses
@@ -111,7 +110,7 @@ def generate_transactions(rows: int = 30_000, fraud_rate: float = 0.01,
     parts.append((c, rng.integers(0, DAYS, n) * 86_400.0
                   + np.mod(rng.normal(peak_hour[c], 4.0), 24.0) * 3_600.0,
                   rare, np.exp(rng.normal(log_typical[c] + 0.7, 0.6)),
-                  rng.uniform(300.0, 5_000.0, n), np.ones(n, np.int64)))
+                  rng.uniform(300.0, 3_000.0, n), np.ones(n, np.int64)))
 
     card, time, category, amount, distance, fraud = (np.concatenate(p) for p in zip(*parts))
     order = np.argsort(time, kind="stable")
