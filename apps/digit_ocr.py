@@ -61,8 +61,8 @@ MODERN_DROPOUT = 0.1  # before F6 and before the output layer of lenet5-modern
 DBN_HIDDEN_UNITS = (500, 500, 2000)
 DBN_PRETRAIN_EPOCHS = 10
 # The deep stacking network: modules of DSN_HIDDEN_UNITS sigmoid units, each refined by
-# DSN_REFINE_EPOCHS gradient epochs between closed-form solutions of its upper weights
-# (`--epochs` is ignored for it).
+# DSN_REFINE_EPOCHS gradient epochs between closed-form solutions of its upper weights (for it,
+# `--epochs` counts these refinement epochs per module).
 DSN_MODULES = 3
 DSN_HIDDEN_UNITS = 1000
 DSN_REFINE_EPOCHS = 2
@@ -150,15 +150,32 @@ def build_dbn(num_classes: int = 10) -> keras.Model:
     return DeepBeliefNetwork(DBN_HIDDEN_UNITS).classifier(INPUT_SHAPE, num_classes)
 
 
-def pretrain_dbn(classifier: keras.Model, train_batches: tf.data.Dataset, verbose) -> None:
+def pretrain_dbn(classifier: keras.Model, train_batches: tf.data.Dataset, run_dir: Path,
+                 verbose) -> None:
     """Greedy layer-wise pretraining of the RBM stack on the training images (labels unused),
-    then the RBMs' weights and hidden biases into the classifier's sigmoid layers."""
+    then the RBMs' weights and hidden biases into the classifier's sigmoid layers. What the
+    stack has learned to imagine goes to dbn_samples.png."""
     dbn = DeepBeliefNetwork(DBN_HIDDEN_UNITS, seed=SEED)
     dbn.pretrain(train_batches, DBN_PRETRAIN_EPOCHS, verbose=verbose)
     pretrained = dbn.classifier(INPUT_SHAPE, classifier.output_shape[-1])
     for layer in pretrained.layers:
         if layer.name.endswith("_dense"):
             classifier.get_layer(layer.name).set_weights(layer.get_weights())
+    save_image_grid(ops.convert_to_numpy(dbn.sample(100)), run_dir / "dbn_samples.png")
+
+
+def save_image_grid(pixels: np.ndarray, path: Path, columns: int = 10) -> None:
+    """[N, 1024] or [N, 32, 32, 1] values in [0, 1] -> one PNG sheet, `columns` images a row."""
+    from PIL import Image
+
+    tiles = np.clip(pixels.reshape(-1, *INPUT_SHAPE[:2]), 0, 1)
+    rows = -(-len(tiles) // columns)
+    sheet = np.zeros((rows * INPUT_SHAPE[0], columns * INPUT_SHAPE[1]))
+    for i, tile in enumerate(tiles):
+        row, column = divmod(i, columns)
+        sheet[row * INPUT_SHAPE[0] : (row + 1) * INPUT_SHAPE[0],
+              column * INPUT_SHAPE[1] : (column + 1) * INPUT_SHAPE[1]] = tile
+    Image.fromarray((sheet * 255).astype(np.uint8)).save(path)
 
 
 def build_dsn(num_classes: int = 10) -> keras.Model:
@@ -166,8 +183,8 @@ def build_dsn(num_classes: int = 10) -> keras.Model:
 
 
 def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
-              validation_batches: tf.data.Dataset, num_classes: int, run_dir: Path,
-              verbose) -> None:
+              validation_batches: tf.data.Dataset, num_classes: int, refine_epochs: int,
+              run_dir: Path, verbose) -> None:
     """Module by module; history.csv gets one row per module (its "epoch" is the module)."""
     def one_hot(batches):
         return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
@@ -176,7 +193,7 @@ def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
     for k in range(model.num_modules):
         if verbose:
             print(f"DSN module {k + 1}/{model.num_modules}")
-        model.fit_module(k, one_hot(train_batches), refine_epochs=DSN_REFINE_EPOCHS,
+        model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs,
                          verbose=verbose)
         figures = {split: model.evaluate(one_hot(batches), verbose=0, return_dict=True)
                    for split, batches in (("", train_batches), ("val_", validation_batches))}
@@ -219,6 +236,10 @@ def compile_model(model: keras.Model, steps: int, model_name: str = DEFAULT_MODE
 # ---------------------------------------------------------------------------------------------
 
 
+def default_epochs(model_name: str) -> int:
+    return DSN_REFINE_EPOCHS if model_name == "dsn" else EPOCHS
+
+
 def count(split: tf.data.Dataset) -> int:
     known = int(split.cardinality())
     return known if known >= 0 else sum(1 for _ in split)
@@ -227,7 +248,7 @@ def count(split: tf.data.Dataset) -> int:
 def train(
     data: str = DEFAULT_DATA,
     model_name: str = DEFAULT_MODEL,
-    epochs: int = EPOCHS,
+    epochs: int | None = None,
     batch_size: int = BATCH_SIZE,
     strategy_name: str = "auto",
     run_dir: Path | None = None,
@@ -237,6 +258,7 @@ def train(
 ) -> dict:
     """Trains on `data`'s training split, selects on validation, reports on test."""
     run_dir = Path(run_dir or default_run_dir(model_name))
+    epochs = epochs or default_epochs(model_name)
     keras.utils.set_random_seed(seed)
     dataset = image_data.load_image_dataset(data)
     strategy = runner.choose_strategy(strategy_name)
@@ -259,11 +281,11 @@ def train(
     with strategy.scope():
         model = build_model(model_name, dataset.num_classes)
         if model_name == "dsn":
-            train_dsn(model, train_batches, validation_batches, dataset.num_classes, run_dir,
-                      verbose)
+            train_dsn(model, train_batches, validation_batches, dataset.num_classes, epochs,
+                      run_dir, verbose)
         else:
             if model_name == "dbn" and resumed_after is None:
-                pretrain_dbn(model, train_batches, verbose)
+                pretrain_dbn(model, train_batches, run_dir, verbose)
             compile_model(model, steps=epochs * steps_per_epoch, model_name=model_name)
     if model_name != "dsn":
         model.fit(
@@ -540,7 +562,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     train_parser.add_argument("--seed", type=int, default=SEED)
     train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                               help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
-    runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
+    runner.add_training_options(
+        train_parser, None, BATCH_SIZE,
+        epochs_help=f"default: {EPOCHS}; for the DSN, gradient refinement epochs per module"
+                    f" (default {DSN_REFINE_EPOCHS})",
+    )
 
     evaluate_parser = with_run_options(commands.add_parser("evaluate", help="test-split figures"))
     evaluate_parser.add_argument("--data", help="evaluate on another dataset (default: the run's)")

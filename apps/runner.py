@@ -173,8 +173,9 @@ def write_json(path: Path, payload: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def add_training_options(parser: argparse.ArgumentParser, epochs: int, batch_size: int) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs, help="default: %(default)s")
+def add_training_options(parser: argparse.ArgumentParser, epochs: int | None, batch_size: int,
+                         epochs_help: str = "default: %(default)s") -> None:
+    parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     parser.add_argument(
         "--batch-size",
         type=int,

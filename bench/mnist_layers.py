@@ -1,0 +1,72 @@
+"""The deep belief network and the deep stacking network on real MNIST: test error and CPU time.
+
+    python -m bench.mnist_layers [--models dbn dsn] [--epochs 30]
+
+Targets: <= 1.2% test error for each, on the 10,000 MNIST test digits no model saw (the last
+5,000 training digits select the best epoch). Published: Hinton, Osindero & Teh (2006) 1.25% for
+their 784-500-500-2000 DBN; Deng & Yu (2011) 0.83% for a deep convex (stacking) network.
+The configurations are `apps.digit_ocr`'s defaults (DBN_* and DSN_* constants there).
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from apps import digit_ocr, runner
+from bench import SHARED_DATA, save_results
+
+MNIST = SHARED_DATA / "mnist"
+TARGET_ERROR = 0.012
+# Epochs of backpropagation: the DBN's fine-tuning after pretraining; the DSN's refinement of
+# each module's lower weights between closed-form solutions.
+EPOCHS = {"dbn": 30, "dsn": 8}
+
+
+def configuration(model_name: str, epochs: int) -> str:
+    if model_name == "dbn":
+        return (f"{'-'.join(map(str, digit_ocr.DBN_HIDDEN_UNITS))} RBMs, CD-1"
+                f" x {digit_ocr.DBN_PRETRAIN_EPOCHS} epochs each, {epochs} fine-tuning epochs")
+    return (f"{digit_ocr.DSN_MODULES} modules x {digit_ocr.DSN_HIDDEN_UNITS} sigmoid units,"
+            f" {epochs} refinement epochs each")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["dbn", "dsn"], choices=["dbn", "dsn"])
+    parser.add_argument("--epochs", type=int,
+                        help=f"backpropagation epochs (default: {EPOCHS})")
+    parser.add_argument("--augment", action="store_true",
+                        help="light affine distortions while training (off: the papers' setting)")
+    parser.add_argument("--data", default=str(MNIST))
+    args = parser.parse_args(argv)
+    if not Path(args.data).is_dir():
+        print(f"skipped: {args.data} is not here")
+        return {}
+
+    rows, results = [], {}
+    for model_name in args.models:
+        epochs = args.epochs or EPOCHS[model_name]
+        wall, cpu = time.perf_counter(), time.process_time()
+        metrics = digit_ocr.train(
+            data=args.data, model_name=model_name, epochs=epochs,
+            run_dir=runner.RUNS_ROOT / "bench" / model_name, augment=args.augment, verbose=2,
+        )
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        error = 1.0 - metrics["test_accuracy"]
+        results[model_name] = {
+            "test_error": error, "configuration": configuration(model_name, epochs),
+            "augment": args.augment, "wall_seconds": wall, "cpu_seconds": cpu,
+            "target": TARGET_ERROR, "met": error <= TARGET_ERROR,
+        }
+        rows.append({"model": model_name, "configuration": configuration(model_name, epochs),
+                     "test error": f"{error:.2%}", "target": f"<= {TARGET_ERROR:.1%}",
+                     "met": "yes" if error <= TARGET_ERROR else "NO",
+                     "wall": f"{wall / 60:.1f} min", "CPU": f"{cpu / 60:.1f} min"})
+    print("\nDBN and DSN on MNIST (10,000 test digits)")
+    runner.print_table(rows)
+    save_results("mnist_layers", {"results": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()
