@@ -424,7 +424,8 @@ def train(
         raise DataError(f"{corpus.name}: no training or validation pair is at most {max_length}"
                         " tokens long (--max-length)")
     strategy = runner.choose_strategy(strategy_name)
-    global_batch = batch_size * strategy.num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync
+    global_batch = batch_size * replicas
     steps_per_epoch = -(-len(train_ids[0]) // global_batch)
     longest_target = max(len(t) for t in train_ids[1]) - 1  # tokens after [start], [end] included
 
@@ -449,8 +450,8 @@ def train(
         compile_model(model, epochs * steps_per_epoch, label_smoothing, learning_rate)
     started = time.perf_counter()
     model.fit(
-        tp.batches(*train_ids, global_batch, shuffle=True, seed=seed),
-        validation_data=tp.batches(*validation_ids, global_batch),
+        tp.batches(*train_ids, global_batch, shuffle=True, seed=seed, multiple_of=replicas),
+        validation_data=tp.batches(*validation_ids, global_batch, multiple_of=replicas),
         epochs=epochs,
         callbacks=runner.training_callbacks(run_dir, monitor="val_masked_accuracy",
                                             resumed=resumed_after is not None),

@@ -278,10 +278,14 @@ def encode_pairs(pairs, source: Tokenizer, target: Tokenizer,
 
 
 def batches(source_ids: list, target_ids: list, batch_size: int, shuffle: bool = False,
-            seed: int = SPLIT_SEED) -> tf.data.Dataset:
+            seed: int = SPLIT_SEED, multiple_of: int = 1) -> tf.data.Dataset:
     """((source [batch, S], target_in [batch, T]), target_out [batch, T]) padded with 0,
     teacher forcing: target_in is the target without its last token, target_out without its
-    first. Bucketed by length so a batch holds sentences of similar length."""
+    first. Bucketed by length so a batch holds sentences of similar length.
+
+    `multiple_of`: each bucket's last, partial batch is cut to a multiple of this (dropped if
+    that leaves nothing). MirroredStrategy splits a batch between its replicas, and Keras 3.15
+    fails on a first batch that does not split evenly."""
     def padded(rows):  # [n, longest] and the lengths; each element is cut back to its length
         array = np.zeros([len(rows), max(len(r) for r in rows)], np.int32)
         for i, row in enumerate(rows):
@@ -302,6 +306,13 @@ def batches(source_ids: list, target_ids: list, batch_size: int, shuffle: bool =
     # telling tf.data lets Keras show a complete progress bar from the first epoch.
     lengths = np.maximum([len(s) for s in source_ids], [len(t) for t in target_ids])
     counts = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
-    batch_count = int(np.sum(-(-counts // batch_size)))
+    remainders = counts % batch_size
+    batch_count = int(np.sum(counts // batch_size) + np.sum(remainders >= multiple_of))
+    if multiple_of > 1:
+        def cut(s, t):
+            keep = tf.shape(s)[0] // multiple_of * multiple_of
+            return s[:keep], t[:keep]
+
+        data = data.map(cut).filter(lambda s, t: tf.shape(s)[0] > 0)
     data = data.apply(tf.data.experimental.assert_cardinality(batch_count))
     return data.map(lambda s, t: ((s, t[:, :-1]), t[:, 1:])).prefetch(tf.data.AUTOTUNE)
