@@ -165,3 +165,13 @@ def test_generated_corpus_is_real_language_data_in_every_direction():
     assert number_corpus.token_split("de") == "character"
     with pytest.raises(DataError, match="choose from"):
         number_corpus.generate("en-xx", 10)
+
+
+def test_batches_split_evenly_between_replicas():
+    rng = np.random.default_rng(1)
+    sources = [np.arange(4, 4 + rng.integers(1, 20), dtype="int32") for _ in range(301)]
+    targets = [np.arange(2, 4 + rng.integers(1, 20), dtype="int32") for _ in range(301)]
+    data = tp.batches(sources, targets, 64, multiple_of=2)
+    sizes = [int(s.shape[0]) for (s, _), _ in data]
+    assert all(size % 2 == 0 and size > 0 for size in sizes)
+    assert int(data.cardinality()) == len(sizes) and 301 - len(sizes) < sum(sizes) <= 300
