@@ -62,8 +62,10 @@ class Seq2SeqLiteRT:
         tokens = list(text) if self.config["source_split"] == "character" else [
             t for t in text.split(" ") if t]
         if len(tokens) > self.length:
-            raise DataError(f"{sentence[:40]!r}...: {len(tokens)} tokens, more than the"
-                            f" {self.length} this model's static source length allows")
+            shown = sentence if len(sentence) <= 40 else sentence[:40] + "..."
+            raise DataError(f"sentence {shown!r} has {len(tokens)} tokens, more than this"
+                            f" model's static source length of {self.length} (export a model"
+                            " trained with a larger --max-length)")
         ids = np.zeros([1, self.length], np.int32)
         ids[0, : len(tokens)] = [self.source_index.get(t, self.ids["unk"]) for t in tokens]
         return ids
