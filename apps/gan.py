@@ -292,18 +292,23 @@ class GAN(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def test_step(self, data):
-        """The same figures on held-out images, nothing updated. A validation d_real well below
-        the training one means D memorises the training images instead of learning digits."""
+        """The same figures on held-out images, no weights updated. A validation d_real well
+        below the training one means D memorises the training images instead of learning digits.
+
+        G draws as it will when deployed (inference mode, moving statistics). D judges as it
+        does in training, with batch statistics: its moving averages, never used elsewhere, mix
+        real-only and generated-only batches and would make it judge a different game.
+        """
         real, labels = data
         noise = self.draw_noise(tf.shape(real)[0], stream=2)  # one draw for the whole epoch
         if self.conditional:
             fake = self.generator([noise, labels], training=False)
-            real_logits = self.discriminator([real, labels], training=False)
-            fake_logits = self.discriminator([fake, labels], training=False)
+            real_logits = self.discriminator([real, labels], training=True)
+            fake_logits = self.discriminator([fake, labels], training=True)
         else:
             fake = self.generator(noise, training=False)
-            real_logits = self.discriminator(real, training=False)
-            fake_logits = self.discriminator(fake, training=False)
+            real_logits = self.discriminator(real, training=True)
+            fake_logits = self.discriminator(fake, training=True)
         figures = {
             "d_loss": bce(1.0, real_logits) + bce(0.0, fake_logits),
             "g_loss": bce(1.0, fake_logits),
