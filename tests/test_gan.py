@@ -302,3 +302,20 @@ def test_train_command_mirrors_over_two_logical_cpus(trained_run, tmp_path):
     assert run["replicas"] == 2 and run["global_batch_size"] == 64
     figures = json.loads((tmp_path / "metrics.json").read_text())
     assert figures["frechet_lenet"] < figures["frechet_untrained_generator"]
+
+
+def test_evaluator_is_trained_into_the_run_directory_once(cgan_run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "cgan"
+    run_dir.mkdir()
+    (run_dir / "generator.keras").write_bytes((cgan_run[0] / "generator.keras").read_bytes())
+    run = json.loads((cgan_run[0] / "run.json").read_text()) | {"evaluator": None}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    monkeypatch.setattr(gan, "EVALUATOR_EPOCHS", {"small": 3, "large": 1})  # a quick judge
+    figures = gan.evaluate(run_dir, quiet=True)
+    judge = run_dir / "evaluator"
+    assert figures["evaluator"] == str(judge)
+    assert json.loads((judge / "run.json").read_text())["data"] == "digits"
+    assert figures["evaluator_test_accuracy"] > 0.5
+    trained_at = (judge / "best.keras").stat().st_mtime_ns
+    gan.evaluate(run_dir, quiet=True)
+    assert (judge / "best.keras").stat().st_mtime_ns == trained_at  # reused, not retrained
