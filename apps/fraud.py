@@ -54,7 +54,7 @@ MODELS = ("autoencoder", "vae", "rbm")
 DEFAULT_MODEL = "autoencoder"
 DEFAULT_DATA = "synthetic"
 SYNTHETIC_ROWS = 30_000
-EPOCHS = 30
+EPOCHS = 20
 BATCH_SIZE = 256  # per replica, at most: see auto_batch_size
 MIN_STEPS_PER_EPOCH = 20  # small data sets get smaller batches rather than 2 steps an epoch
 LEARNING_RATE = 1e-3  # Adam, autoencoder and VAE
@@ -65,6 +65,7 @@ MAX_CODE_UNITS = 8  # the bottleneck: at most 8, at most half the features
 # learned and rebuilds some frauds well (test PR-AUC 0.38 against 0.73 on the synthetic data,
 # 10 epochs).
 ACTIVATION = "tanh"
+SCORE_WITH_KL = True
 KL_WEIGHT = 1.0  # the VAE's beta; 1 is the evidence lower bound
 # Floor of the VAE decoder's log-variance (a standard deviation of 0.37 in standardised units):
 # without it, features the decoder predicts well get weights so large that any deviation in
@@ -72,6 +73,7 @@ KL_WEIGHT = 1.0  # the VAE's beta; 1 is the evidence lower bound
 MIN_LOG_VARIANCE = -2.0
 RBM_HIDDEN_UNITS = 64
 RBM_CD_STEPS = 1
+RBM_BATCH_SIZE = 64  # CD-1 updates are noisy estimates: more of them per epoch
 RBM_LEARNING_RATE = 1e-2  # SGD; Gaussian visible units want smaller steps than binary ones
 RBM_MOMENTUM = 0.9
 RBM_WEIGHT_DECAY = 1e-4
@@ -87,10 +89,11 @@ def default_run_dir(model_name: str) -> Path:
     return runner.RUNS_ROOT / APP / model_name
 
 
-def auto_batch_size(train_rows: int) -> int:
-    """BATCH_SIZE, or less so that an epoch has MIN_STEPS_PER_EPOCH steps (a sample of 600
-    normal rows trains in batches of 30)."""
-    return int(min(BATCH_SIZE, max(16, train_rows // MIN_STEPS_PER_EPOCH)))
+def auto_batch_size(train_rows: int, model_name: str = DEFAULT_MODEL) -> int:
+    """The model's batch size, or less so that an epoch has MIN_STEPS_PER_EPOCH steps (a
+    sample of 600 normal rows trains in batches of 30)."""
+    largest = RBM_BATCH_SIZE if model_name == "rbm" else BATCH_SIZE
+    return int(min(largest, max(16, train_rows // MIN_STEPS_PER_EPOCH)))
 
 
 def code_units(n_features: int) -> int:
@@ -197,14 +200,16 @@ class Autoencoder(AnomalyDetector):
             name="decoder",
         )
 
+    def squared_errors(self, z):
+        return ops.square(z - self.decoder(self.encoder(z)))  # [batch, features]
+
     def score_standardized(self, z):
-        reconstruction = self.decoder(self.encoder(z))
-        return ops.mean(ops.square(z - reconstruction), axis=-1)
+        return ops.mean(self.squared_errors(z), axis=-1)
 
     def train_step(self, rows):
         z = self.standardize(rows)
         with tf.GradientTape() as tape:
-            loss = ops.mean(self.score_standardized(z))
+            loss = ops.mean(self.squared_errors(z))
             # The optimizer sums gradients across replicas: each contributes 1 / replicas.
             replica_loss = loss / self.replicas()
         gradients = tape.gradient(replica_loss, self.trainable_weights)
@@ -213,7 +218,7 @@ class Autoencoder(AnomalyDetector):
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, rows):
-        self.loss_tracker.update_state(ops.mean(self(rows)))
+        self.loss_tracker.update_state(ops.mean(self.squared_errors(self.standardize(rows))))
         return {"loss": self.loss_tracker.result()}
 
 
@@ -250,9 +255,17 @@ class VariationalAutoencoder(AnomalyDetector):
         # -log N(z; mean, exp(log_variance)) summed over features, without the constant.
         return 0.5 * ops.sum(ops.square(z - mean) * ops.exp(-log_variance) + log_variance, axis=-1)
 
+    def kl_divergence(self, code_mean, code_log_variance):
+        """KL(q(c | z) || N(0, I)) per row."""
+        return -0.5 * ops.sum(1.0 + code_log_variance - ops.square(code_mean)
+                              - ops.exp(code_log_variance), axis=-1)
+
     def score_standardized(self, z):
-        code_mean, _ = self.encode(z)
-        return self.negative_log_likelihood(z, code_mean)
+        code_mean, code_log_variance = self.encode(z)
+        score = self.negative_log_likelihood(z, code_mean)
+        if SCORE_WITH_KL:
+            score = score + self.kl_divergence(code_mean, code_log_variance)
+        return score
 
     def train_step(self, rows):
         z = self.standardize(rows)
@@ -261,8 +274,7 @@ class VariationalAutoencoder(AnomalyDetector):
             epsilon = tf.random.stateless_normal(tf.shape(code_mean), seed=step_seed(self))
             code = code_mean + ops.exp(0.5 * code_log_variance) * epsilon  # reparameterised
             reconstruction = self.negative_log_likelihood(z, code)
-            kl = -0.5 * ops.sum(1.0 + code_log_variance - ops.square(code_mean)
-                                - ops.exp(code_log_variance), axis=-1)
+            kl = self.kl_divergence(code_mean, code_log_variance)
             loss = ops.mean(reconstruction + KL_WEIGHT * kl)
             replica_loss = loss / self.replicas()
         gradients = tape.gradient(replica_loss, self.trainable_weights)
@@ -435,10 +447,43 @@ def load_data(run: dict) -> tabular.Splits:
     return splits
 
 
+class ValidationDetection(keras.callbacks.Callback):
+    """Adds `val_pr_auc`, the average precision of the detector's scores on the labelled
+    validation split, to each epoch's logs (before the checkpoint and CSV callbacks read them).
+
+    Why not the validation loss: an autoencoder keeps lowering its reconstruction error by
+    learning to rebuild more of everything, frauds included; its detection peaks and then
+    declines while the loss still falls. With labelled validation rows, the epoch that
+    detects best is the one to keep. With `save_to`, it also keeps the best detector itself
+    (for the RBM, whose fitted model is its trainer)."""
+
+    def __init__(self, detector: "AnomalyDetector", validation: tabular.Table,
+                 save_to: Path | None = None, best: float | None = None):
+        super().__init__()
+        self.detector, self.validation, self.save_to = detector, validation, save_to
+        self.best = -1.0 if best is None else best
+
+    def on_epoch_end(self, epoch, logs=None):
+        from sklearn.metrics import average_precision_score
+
+        scores = score(self.detector, self.validation.features)
+        if not np.isfinite(scores).all():  # a diverged epoch detects nothing
+            scores = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+        logs["val_pr_auc"] = float(average_precision_score(self.validation.labels, scores))
+        if self.save_to is not None and logs["val_pr_auc"] > self.best:
+            self.best = logs["val_pr_auc"]
+            self.detector.save(self.save_to)
+
+
+def has_both_classes(table: tabular.Table) -> bool:
+    return table.labels is not None and 0 < table.labels.sum() < len(table)
+
+
 def fit_detector(detector: AnomalyDetector, model_name: str, splits: tabular.Splits,
                  run_dir: Path, epochs: int, global_batch: int, seed: int, resumed: bool,
                  verbose) -> None:
-    """Trains on the training normals; the validation normals pick the best epoch."""
+    """Trains on the training normals. The best epoch: the highest validation PR-AUC when the
+    validation split holds anomalies, else the lowest validation loss (of the normals)."""
     train_rows = splits.train.normals().features
     validation_rows = splits.validation.normals().features
     if model_name == "rbm":
@@ -447,36 +492,49 @@ def fit_detector(detector: AnomalyDetector, model_name: str, splits: tabular.Spl
                                        for rows in (train_rows, validation_rows))
     train = tabular.batches(train_rows, global_batch, shuffle=True, seed=seed)
     validation = tabular.batches(validation_rows, global_batch)
+    labelled = has_both_classes(splits.validation)
     if model_name == "rbm":
-        fit_rbm(detector, train, validation, run_dir, epochs, resumed, verbose)
+        fit_rbm(detector, train, validation, splits.validation if labelled else None, run_dir,
+                epochs, resumed, verbose)
         return
+    monitor = ([ValidationDetection(detector, splits.validation)], "val_pr_auc", "max") \
+        if labelled else ([], "val_loss", "min")
     detector.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     detector.fit(train, validation_data=validation, epochs=epochs, verbose=verbose,
                  shuffle=False,  # the tf.data pipeline shuffles
-                 callbacks=runner.training_callbacks(run_dir, monitor="val_loss",
-                                                     resumed=resumed, mode="min"))
+                 callbacks=monitor[0] + runner.training_callbacks(
+                     run_dir, monitor=monitor[1], resumed=resumed, mode=monitor[2]))
 
 
-def fit_rbm(detector: RBMDetector, train, validation, run_dir: Path, epochs: int,
-            resumed: bool, verbose) -> None:
-    """CD-k on standardised rows. The last epoch is kept: free energies of different epochs
-    differ by the (unknown) log partition function, so they cannot pick a best epoch."""
+def fit_rbm(detector: RBMDetector, train, validation, labelled: tabular.Table | None,
+            run_dir: Path, epochs: int, resumed: bool, verbose) -> None:
+    """CD-k on standardised rows. Without labelled validation rows the last epoch is kept:
+    free energies of different epochs differ by the unknown log partition function, so their
+    values cannot pick an epoch (their ranking of rows can)."""
     from layers.rbm import RBMTrainer
 
     trainer = RBMTrainer(detector.rbm, k=RBM_CD_STEPS, seed=detector.seed)
     trainer.build((None, detector.n_features))  # BackupAndRestore needs a built model
     trainer.compile(optimizer=keras.optimizers.SGD(
         RBM_LEARNING_RATE, momentum=RBM_MOMENTUM, weight_decay=RBM_WEIGHT_DECAY))
+    checkpoint = run_dir / "best.keras"
+    selection = []
+    if labelled is not None:
+        history = runner.read_history(run_dir) if resumed and (
+            run_dir / "history.csv").is_file() else {}
+        best = max(history["val_pr_auc"]) if history.get("val_pr_auc") else None
+        selection = [ValidationDetection(detector, labelled, save_to=checkpoint, best=best)]
     trainer.fit(
         train, validation_data=validation, epochs=epochs, verbose=verbose, shuffle=False,
-        callbacks=[
+        callbacks=selection + [
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
             keras.callbacks.BackupAndRestore(str(runner.backup_dir(run_dir)),
                                              double_checkpoint=True),
         ],
     )
-    detector.save(run_dir / "best.keras")
+    if labelled is None:
+        detector.save(checkpoint)
 
 
 def train(
@@ -501,7 +559,7 @@ def train(
     splits = load_data(run)
     schema = splits.train.schema
     strategy = runner.choose_strategy(strategy_name)
-    batch_size = batch_size or auto_batch_size(len(splits.train.normals()))
+    batch_size = batch_size or auto_batch_size(len(splits.train.normals()), model_name)
     global_batch = batch_size * strategy.num_replicas_in_sync
 
     resumed_after = runner.start_run(run_dir)
@@ -681,16 +739,17 @@ def predict(path: Path, output: Path, run_dir: Path | None = None,
         with os.fdopen(handle, "w", newline="") as out:
             writer = csv.writer(out)
             writer.writerow([*header, "score", "is_anomaly"])
-            progress = tqdm(unit=" rows", desc=f"scoring {path.name}", disable=quiet)
-            for chunk in tabular.read_csv_chunks(path, schema, PREDICT_CHUNK_ROWS):
-                scores = detector.predict_on_batch(chunk.features)
-                flags = scores > threshold
-                writer.writerows([*row, f"{s:.6g}", int(f)]
-                                 for row, s, f in zip(chunk.rows, scores, flags))
-                rows += len(scores)
-                flagged += int(flags.sum())
-                progress.update(len(scores))
-            progress.close()
+            # A bar on a terminal only (disable=None), so an error stays the last line.
+            with tqdm(unit=" rows", desc=f"scoring {path.name}",
+                      disable=True if quiet else None) as progress:
+                for chunk in tabular.read_csv_chunks(path, schema, PREDICT_CHUNK_ROWS):
+                    scores = detector.predict_on_batch(chunk.features)
+                    flags = scores > threshold
+                    writer.writerows([*row, f"{s:.6g}", int(f)]
+                                     for row, s, f in zip(chunk.rows, scores, flags))
+                    rows += len(scores)
+                    flagged += int(flags.sum())
+                    progress.update(len(scores))
         if rows == 0:
             raise DataError(f"{path}, line 2: no data rows after the header")
         os.replace(temporary, output)
@@ -712,14 +771,23 @@ def input_name(feature: str) -> str:
     return name if name[:1].isalnum() else f"f_{name}"
 
 
+STANDARDIZED_SIGNATURE = "score_standardized"
+# Which signature each .tflite variant runs. Full-int8 quantisation gives a tensor one scale:
+# raw columns (seconds up to a week beside shares below 1) cannot share one, and even one
+# scale per column loses card testing's minute-long gaps in a 40-minute step. The int8 model
+# therefore takes standardised rows; schema.json carries the statistics to make them.
+TFLITE_SIGNATURES = {"float32": "serving_default", "int8": STANDARDIZED_SIGNATURE}
+
+
 def serving_archive(detector: AnomalyDetector, schema: tabular.Schema,
                     threshold: float) -> keras.export.ExportArchive:
-    """`serving_default`: one float32 [batch] input per feature column, named after it.
+    """Two endpoints, both returning `score` and `is_anomaly` (score > the baked threshold):
 
-    Named columns are what a TF Serving client has: `{"instances": [{"amount": 12.5, "hour":
-    3.2, ...}]}` is a CSV row as JSON, without knowing the model's column order. Separate
-    inputs also give each column its own int8 scale in the quantised .tflite (one [batch,
-    features] tensor would share one scale between amounts in thousands and shares below 1).
+    - `serving_default`: one float32 [batch] input per raw feature column, named after it.
+      Named columns are what a TF Serving client has: `{"instances": [{"amount_ratio": 4.2,
+      "hour": 3.5, ...}]}` is a CSV row as JSON, without knowing the model's column order.
+    - `score_standardized`: `features` float32 [batch, features], already log-transformed and
+      standardised (what the int8 .tflite takes).
     """
     names = [input_name(f) for f in schema.features]
     archive = keras.export.ExportArchive()
@@ -730,9 +798,17 @@ def serving_archive(detector: AnomalyDetector, schema: tabular.Schema,
         scores = detector(rows, training=False)
         return {"score": scores, "is_anomaly": scores > threshold}
 
+    def serve_standardized(features):
+        scores = detector.score_standardized(features)
+        return {"score": scores, "is_anomaly": scores > threshold}
+
     archive.add_endpoint(
         "serving_default", serve,
         input_signature=[{name: tf.TensorSpec([None], tf.float32, name=name) for name in names}],
+    )
+    archive.add_endpoint(
+        STANDARDIZED_SIGNATURE, serve_standardized,
+        input_signature=[tf.TensorSpec([None, len(names)], tf.float32, name="features")],
     )
     return archive
 
@@ -742,12 +818,23 @@ def columns_of(features: np.ndarray, schema: tabular.Schema) -> dict[str, np.nda
             for i, f in enumerate(schema.features)}
 
 
-def tflite_outputs(content: bytes, features: np.ndarray, schema: tabular.Schema):
+def standardize(features: np.ndarray, scaling: dict) -> np.ndarray:
+    """What the detector does to raw rows before scoring, in numpy (a phone has no TF):
+    `scaling` is schema.json's {"log_mask", "mean", "variance"}."""
+    mask = np.asarray(scaling["log_mask"], bool)
+    logged = np.where(mask, np.log1p(np.maximum(features, 0)), features)
+    return ((logged - scaling["mean"]) / np.sqrt(scaling["variance"])).astype("float32")
+
+
+def tflite_outputs(content: bytes, signature: str, features: np.ndarray,
+                   schema: tabular.Schema, scaling: dict):
     """(scores, flags) of a .tflite model run in the LiteRT interpreter, 1,024 rows a call."""
-    litert = LiteRTModel(content).signature("serving_default")
+    litert = LiteRTModel(content).signature(signature)
     scores, flags = [], []
     for start in range(0, len(features), 1_024):
-        out = litert(**columns_of(features[start : start + 1_024], schema))
+        rows = features[start : start + 1_024]
+        out = litert(**columns_of(rows, schema)) if signature == "serving_default" else \
+            litert(features=standardize(rows, scaling))
         scores.append(out["score"])
         flags.append(out["is_anomaly"])
     return np.concatenate(scores), np.concatenate(flags).astype(bool)
@@ -764,6 +851,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE,
     splits = load_data(run)
     test = splits.test
     threshold = run["threshold"]
+    scaling = {"log_mask": detector.log_mask, "mean": detector.mean,
+               "variance": detector.variance}
     keras_scores = score(detector, test.features)
     keras_flags = keras_scores > threshold
     labels = test.labels if test.labels is not None else np.zeros(len(test), "int64")
@@ -784,25 +873,28 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE,
             **schema.to_json(), "inputs": [input_name(f) for f in schema.features],
             "threshold": threshold, "threshold_rule": run["threshold_rule"],
             "model": run["model"], "outputs": {"score": "higher = more anomalous",
-                                               "is_anomaly": "score > threshold"}})
-        runner.write_json(extra / "litert.json", {"signature": "serving_default",
-                                                  "output": "score"})
+                                               "is_anomaly": "score > threshold"},
+            "scaling": scaling})
+        runner.write_json(extra / "litert.json", {
+            "signatures": {f"{APP}_{v}.tflite": s for v, s in TFLITE_SIGNATURES.items()},
+            "score_standardized input": "features: log1p of scaling.log_mask columns, then"
+                                        " (x - mean) / sqrt(variance), see schema.json",
+            "outputs": ["score", "is_anomaly"]})
         for variant in tqdm(TFLITE_VARIANTS, desc="TFLite", disable=quiet):
+            signature = TFLITE_SIGNATURES[variant]
             content = exporting.convert_to_tflite(
-                version_dir, "serving_default", variant,
-                (columns_of(calibration_rows[i : i + 1], schema)
+                version_dir, signature, variant,
+                (standardize(calibration_rows[i : i + 1], scaling)
                  for i in range(len(calibration_rows))),
             )
             path = extra / f"{APP}_{variant}.tflite"
             path.write_bytes(content)
-            scores, flags = tflite_outputs(content, test.features, schema)
+            scores, flags = tflite_outputs(content, signature, test.features, schema, scaling)
             report[variant] = {
-                "file": path.name, "bytes": len(content),
+                "file": path.name, "bytes": len(content), "signature": signature,
                 **detection_figures(labels, scores, threshold),
                 "flags_as_keras": float((flags == keras_flags).mean()),
             }
-            # Quantised scores keep their order, not their values: the baked-in threshold
-            # applies to the dequantised score inside the interpreter.
         runner.write_json(extra / "tflite_report.json", report)
 
     version_dir = exporting.publish(Path(model_base) / APP, write)
@@ -882,8 +974,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     runner.add_training_options(train_parser, EPOCHS, None)
     for action in train_parser._actions:
         if action.dest == "batch_size":
-            action.help = (f"per replica (default: {BATCH_SIZE}, less on small data so that an"
-                           f" epoch has {MIN_STEPS_PER_EPOCH} steps)")
+            action.help = (f"per replica (default: {BATCH_SIZE}, {RBM_BATCH_SIZE} for the RBM;"
+                           f" less on small data so that an epoch has {MIN_STEPS_PER_EPOCH}"
+                           " steps)")
 
     with_run_options(commands.add_parser("evaluate", help="test-split figures and plots"))
 

@@ -106,7 +106,7 @@ def model_scores(model_name: str, splits: tabular.Splits, epochs: int, seed: int
     runner.start_run(run_dir)
     started = time.process_time()
     detector = fraud.build_for(model_name, splits.train.schema, splits.train.features, seed)
-    batch_size = fraud.auto_batch_size(len(splits.train))
+    batch_size = fraud.auto_batch_size(len(splits.train), model_name)
     fraud.fit_detector(detector, model_name, splits, run_dir, epochs, batch_size, seed,
                        resumed=False, verbose=0)
     cpu = time.process_time() - started
