@@ -64,7 +64,7 @@ DBN_PRETRAIN_EPOCHS = 10
 # DSN_REFINE_EPOCHS gradient epochs between closed-form solutions of its upper weights (for it,
 # `--epochs` counts these refinement epochs per module).
 DSN_MODULES = 3
-DSN_HIDDEN_UNITS = 1000
+DSN_HIDDEN_UNITS = 1500
 DSN_REFINE_EPOCHS = 2
 INPUT_SHAPE = (image_data.MODEL_SIZE, image_data.MODEL_SIZE, 1)
 MODEL_BASE = Path("saved_models")

@@ -32,7 +32,7 @@ import tensorflow as tf
 from keras import ops
 
 RIDGE = 1.0  # lambda: the upper weights' ridge penalty
-REFINE_LEARNING_RATE = 1e-3  # Adam, for the optional gradient refinement of W
+REFINE_LEARNING_RATE = 3e-3  # Adam, for the optional gradient refinement of W
 
 
 @keras.saving.register_keras_serializable(package="layers")
