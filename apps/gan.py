@@ -579,7 +579,7 @@ def evaluate(run_dir: Path | None = None, model_name: str = DEFAULT_MODEL,
     train_size = digit_ocr.count(dataset.train)
     lenet, evaluator_dir = evaluator_lenet(run_dir, run["data"], evaluator, train_size)
     judge = Judge(lenet)
-    num_classes = dataset.num_classes
+    num_classes, latent_dim = dataset.num_classes, run["latent_dim"]
     rng = np.random.default_rng(EVALUATION_SEED)
 
     # The real test split, as uint8 frames, in two halves: A is the reference, B the real
@@ -593,7 +593,7 @@ def evaluate(run_dir: Path | None = None, model_name: str = DEFAULT_MODEL,
     real_b, labels_b = frames[1::2], labels[1::2]
 
     def frechet(model: keras.Model) -> float:  # as many samples as half B, with B's labels
-        noise = rng.standard_normal((len(real_b), LATENT_DIM)).astype(np.float32)
+        noise = rng.standard_normal((len(real_b), latent_dim)).astype(np.float32)
         return frechet_distance(judge.embed(sample_frames(model, noise, labels_b)), reference)
 
     keras.utils.set_random_seed(EVALUATION_SEED)  # the same untrained weights every time
@@ -610,7 +610,7 @@ def evaluate(run_dir: Path | None = None, model_name: str = DEFAULT_MODEL,
     }
     if run["model"] == "cgan":
         asked = np.arange(samples) % num_classes
-        noise = rng.standard_normal((samples, LATENT_DIM)).astype(np.float32)
+        noise = rng.standard_normal((samples, latent_dim)).astype(np.float32)
         read = judge.classify(sample_frames(generator, noise, asked))
         figures["label_accuracy"] = float((read == asked).mean())
         figures["label_accuracy_per_class"] = {

@@ -310,7 +310,7 @@ def test_evaluator_is_trained_into_the_run_directory_once(cgan_run, tmp_path, mo
     (run_dir / "generator.keras").write_bytes((cgan_run[0] / "generator.keras").read_bytes())
     run = json.loads((cgan_run[0] / "run.json").read_text()) | {"evaluator": None}
     (run_dir / "run.json").write_text(json.dumps(run))
-    monkeypatch.setattr(gan, "EVALUATOR_EPOCHS", {"small": 3, "large": 1})  # a quick judge
+    monkeypatch.setattr(gan, "EVALUATOR_EPOCHS", {"small": 2, "large": 1})  # a quick judge
     figures = gan.evaluate(run_dir, quiet=True)
     judge = run_dir / "evaluator"
     assert figures["evaluator"] == str(judge)
