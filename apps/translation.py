@@ -680,6 +680,7 @@ def lite_config(translator: Translator, run: dict, source_length: int) -> dict:
     return {
         "kind": "seq2seq", "signatures": list(TFLITE_SIGNATURES),
         "source_length": source_length, "max_output_length": translator.max_output_length,
+        "output_margin": OUTPUT_MARGIN,
         "states": translator.decoder.state_count,
         "ids": {"pad": tp.PAD, "unk": tp.UNK, "start": tp.START, "end": tp.END},
         "source_vocab": "source_vocab.txt", "target_vocab": "target_vocab.txt",
@@ -704,7 +705,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
     fitting = [s for s, ids in zip(test_sources, translator.source.id_lists(test_sources))
                if len(ids) <= source_length]
     check = fitting[:check_sentences]
-    keras_greedy = translator.best_ids(check, beam_width=1, alpha=0.0) if check else None
+    # One sentence at a time, as on the phone: the output limit depends on the source length.
+    keras_greedy = [translator.best_ids([sentence], beam_width=1, alpha=0.0) for sentence in check]
     report: dict = {"checked_sentences": len(check), "source_length": source_length}
 
     def write(version_dir: Path) -> None:
@@ -723,8 +725,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
                 lite = Seq2SeqLiteRT(path)
                 same = [
                     lite.greedy_ids(lite.source_ids(sentence))
-                    == list(keras_greedy["tokens"][i][: keras_greedy["lengths"][i]])
-                    for i, sentence in enumerate(check)
+                    == list(greedy["tokens"][0][: greedy["lengths"][0]])
+                    for sentence, greedy in zip(check, keras_greedy)
                 ]
                 report[variant] = {"file": path.name, "bytes": len(content),
                                    "same_tokens_as_keras_greedy": float(np.mean(same))}

@@ -9,9 +9,9 @@ Text goes through three stages, each shared by training, evaluation and the expo
 
 1. `read_pairs`: Unicode NFC normalisation (one code point for "é", however it was typed).
 2. `standardize` (TensorFlow ops, so it runs in `tf.data` and inside a SavedModel): optional
-   lower-casing, punctuation split off as tokens of its own ("¿Qué?" -> "¿ Qué ?"), unusual
-   spaces made plain. `serving.litert_seq2seq` repeats it in pure Python from the same rules,
-   which `STANDARDIZE_RULES` spells out.
+   lower-casing, punctuation split off as tokens of its own ("¿Qué?" -> "¿ Qué ?") unless the
+   text is split into characters, unusual spaces made plain. `serving.litert_seq2seq` repeats
+   it in pure Python from the same rules, which `STANDARDIZE_RULES` spells out.
 3. `keras.layers.TextVectorization` turns standardised text into ids, one vocabulary per side,
    split into words (default) or characters (for languages that glue words together, such as
    German numerals: "siebenundneunzig"). Ids 0 and 1 are padding and out-of-vocabulary; the
@@ -119,11 +119,13 @@ def read_pairs(path: Path, reverse: bool = False) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def standardize(text: tf.Tensor, lowercase: bool = False) -> tf.Tensor:
-    """string tensor -> string tensor with punctuation as separate tokens, single spaces."""
+def standardize(text: tf.Tensor, lowercase: bool = False, split: str = "word") -> tf.Tensor:
+    """string tensor -> string tensor with single plain spaces and, when split into words,
+    punctuation as separate tokens (characters are tokens already)."""
     if lowercase:
         text = tf.strings.lower(text, encoding="utf-8")
-    text = tf.strings.regex_replace(text, PUNCTUATION, r" \1 ")
+    if split == "word":
+        text = tf.strings.regex_replace(text, PUNCTUATION, r" \1 ")
     text = tf.strings.regex_replace(text, SPACES, " ")
     return tf.strings.strip(text)
 
@@ -225,7 +227,7 @@ class Tokenizer:
 
     def ids(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """string [batch] -> ragged int32 [batch, (tokens)], no start or end tokens."""
-        return tf.cast(self.layer(standardize(texts, self.lowercase)), tf.int32)
+        return tf.cast(self.layer(standardize(texts, self.lowercase, self.split)), tf.int32)
 
     def id_lists(self, texts: list[str], batch: int = 4096) -> list[np.ndarray]:
         out = []
@@ -254,7 +256,7 @@ def build_tokenizers(train_pairs, max_tokens: tuple[int, int], splits: tuple[str
     for texts, limit, split, special in ((sources, max_tokens[0], splits[0], False),
                                          (targets, max_tokens[1], splits[1], True)):
         standardized = [s.decode() for s in
-                        standardize(tf.constant(texts), lowercase).numpy().tolist()]
+                        standardize(tf.constant(texts), lowercase, split).numpy().tolist()]
         vocabularies.append(adapt_vocabulary(standardized, split, limit, special))
     return (Tokenizer(vocabularies[0], splits[0], lowercase),
             Tokenizer(vocabularies[1], splits[1], lowercase))

@@ -48,17 +48,18 @@ class Seq2SeqLiteRT:
 
     # --- text <-> ids ----------------------------------------------------------------------
 
-    def standardize(self, text: str) -> str:
+    def standardize(self, text: str, split: str = "word") -> str:
         rules = self.config["standardize"]
         text = unicodedata.normalize(rules["unicode"], text)
         if self.config["lowercase"]:
             text = text.lower()
-        text = re.sub(rules["punctuation"], r" \1 ", text)
+        if split == "word":
+            text = re.sub(rules["punctuation"], r" \1 ", text)
         return re.sub(rules["spaces"], " ", text).strip(" ")
 
     def source_ids(self, sentence: str) -> np.ndarray:
         """int32 [1, S] padded with 0; a sentence longer than S tokens is an error, never cut."""
-        text = self.standardize(sentence)
+        text = self.standardize(sentence, self.config["source_split"])
         tokens = list(text) if self.config["source_split"] == "character" else [
             t for t in text.split(" ") if t]
         if len(tokens) > self.length:
@@ -84,8 +85,12 @@ class Seq2SeqLiteRT:
     # --- decoding ----------------------------------------------------------------------------
 
     def greedy_ids(self, source_ids: np.ndarray, max_length: int | None = None) -> list[int]:
-        """Greedy decoding: token ids up to and including [end] (or max_length tokens)."""
-        max_length = max_length or int(self.config["max_output_length"])
+        """Greedy decoding: token ids up to and including [end], or as many as the translator
+        allows a sentence of this length (twice its tokens and a margin, up to a maximum)."""
+        if max_length is None:
+            tokens = int(np.count_nonzero(source_ids))
+            max_length = min(2 * (tokens + 1) + self.config["output_margin"],
+                             self.config["max_output_length"])
         encoded = self.encode(source=source_ids)
         memory = {name: encoded[name] for name in ("memory", "keys", "source_mask")}
         state = {f"state_{i}": encoded[f"state_{i}"] for i in range(self.config["states"])}

@@ -186,10 +186,10 @@ def test_litert_greedy_decode_matches_keras_token_for_token(exported, translator
     assert report["float16"]["bytes"] < 0.6 * report["float32"]["bytes"]
     lite = Seq2SeqLiteRT(extra / "translation_float32.tflite")
     sentences = [s for s, _ in corpus.test[30:50]] + SENTENCES[:3]
-    keras_greedy = translator.best_ids(sentences, beam_width=1, alpha=0.0)
-    for i, sentence in enumerate(sentences):
+    for sentence in sentences:
+        keras_greedy = translator.best_ids([sentence], beam_width=1, alpha=0.0)
         tokens = lite.greedy_ids(lite.source_ids(sentence))
-        assert tokens == list(keras_greedy["tokens"][i][: keras_greedy["lengths"][i]])
+        assert tokens == list(keras_greedy["tokens"][0][: keras_greedy["lengths"][0]])
     assert lite.translate("Wednesday, May 9, 2018") == "mercredi 9 mai 2018"
 
 
