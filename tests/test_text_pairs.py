@@ -83,6 +83,8 @@ def test_standardize_splits_punctuation_and_detokenize_puts_it_back():
                         "Hi there!"]
     lowered = tp.standardize(tf.constant(["ÉCOLE Über"]), lowercase=True).numpy()[0].decode()
     assert lowered == "école über"
+    characters = tp.standardize(tf.constant(["9. Mai  2018"]), split="character")
+    assert characters.numpy()[0].decode() == "9. Mai 2018"  # characters need no punctuation split
 
 
 def test_vocabularies_put_start_and_end_at_2_and_3_and_split_characters():
