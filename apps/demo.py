@@ -5,9 +5,10 @@
 
 import time
 
-from apps import digit_ocr, runner
+from apps import digit_ocr, gan, runner
 
-DEMOS = [digit_ocr.demo]
+# digit_ocr first: the GAN judges its samples with the LeNet-5 that digit_ocr's demo trains.
+DEMOS = [digit_ocr.demo, gan.demo]
 
 
 def main() -> None:

@@ -140,7 +140,7 @@ def test_mirrored_first_step_matches_one_device(digits):
         losses = model.fit(one_batch, verbose=0).history
         return losses, [w.numpy() for w in model.weights]
 
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = runner.choose_strategy("mirrored")  # one per process: see runner
     assert mirrored.num_replicas_in_sync == 2
     # The cGAN: the DCGAN's path plus labels (tracing under MirroredStrategy is what costs here).
     single, single_weights = first_step(tf.distribute.get_strategy(), "cgan")
