@@ -21,8 +21,8 @@ Frauds. About `fraud_rate` of the rows follow one of the patterns that card sche
   online merchants within minutes, before the real spending;
 - cash-out: one large amount (3 to 12 times the card's typical) at an odd hour (00:00 to 05:00)
   in electronics or jewellery;
-- a far-away merchant: a card-present purchase hundreds to thousands of km from home, in a
-  category the cardholder rarely uses.
+- impossible travel: a cloned card used in person hundreds to thousands of km away, 10 minutes
+  to 3 hours after a genuine purchase, in a category the cardholder rarely uses.
 
 Columns. A transaction processor sees the raw event and enriches it from the card's history;
 both are columns here (`FEATURES` are what a detector reads):
@@ -140,13 +140,16 @@ def generate_transactions(rows: int = 30_000, fraud_rate: float = 0.01,
                   np.exp(log_typical[c]) * rng.uniform(3.0, 12.0, n),
                   _displacement(rng, rng.exponential(20.0, n)), np.ones(n, np.int64)))
 
-    n = fraud_rows - testing_rows - n  # far-away merchant, a category the card rarely uses
-    c = rng.integers(0, cards, n)
+    # A cloned card used far away, 10 minutes to 3 hours after a genuine purchase: no one
+    # travels that fast (a trip's first purchase comes hours or days after the last one).
+    n = fraud_rows - testing_rows - n
+    genuine = rng.integers(0, normal_rows, n)
+    c = card[genuine]
     rare = _sample_rows(rng, (1.0 - habits[c]) ** 8)
-    parts.append((c, rng.integers(0, DAYS, n) * 86_400.0
-                  + np.mod(rng.normal(peak_hour[c], 4.0), 24.0) * 3_600.0,
+    parts.append((c, parts[0][1][genuine] + rng.uniform(600.0, 10_800.0, n),
                   rare, np.exp(rng.normal(log_typical[c] + 0.7, 0.6)),
-                  _displacement(rng, rng.uniform(300.0, 3_000.0, n)), np.ones(n, np.int64)))
+                  parts[0][4][genuine] + _displacement(rng, rng.uniform(300.0, 3_000.0, n)),
+                  np.ones(n, np.int64)))
 
     card, time, category, amount, place, fraud = (np.concatenate(p) for p in zip(*parts))
     order = np.argsort(time, kind="stable")
