@@ -16,9 +16,10 @@ normal rows only) and scores a row by how badly it fits that distribution:
   Japkowicz et al. 1995 and Hawkins et al. 2002, "Outlier detection using replicator neural
   networks").
 - `vae`: a variational autoencoder (Kingma & Welling 2014) with a Gaussian decoder that also
-  predicts how uncertain each feature is; the score is the negative log-likelihood of the row
-  under the decoder at the posterior mean, An & Cho's (2015) "reconstruction probability"
-  without the Monte Carlo average, so that the served score is deterministic.
+  predicts how uncertain each feature is; the score is the negative evidence lower bound at the
+  posterior mean: the row's negative log-likelihood under the decoder (An & Cho's 2015
+  "reconstruction probability" without the Monte Carlo average, so that the served score is
+  deterministic) plus the KL term, which says how unusual the row's code is.
 - `rbm`: a Gaussian-Bernoulli restricted Boltzmann machine (`layers/rbm.py`, trained by
   contrastive divergence); the score is its free energy, -log of the unnormalised probability
   of the row.
@@ -27,7 +28,9 @@ Every model reads raw rows: the scaling (log(1 + x) of heavy-tailed columns, the
 `Normalization` layer whose statistics come from the training normals only) lives inside the
 model, so the exported SavedModel takes rows as a client has them. The threshold that turns a
 score into a flag is chosen on the validation split (the F1-best threshold when it holds
-anomalies, else the 99.5th percentile of its normal scores) and is baked into the export.
+anomalies, else the 99.5th percentile of its normal scores) and is baked into the export. The
+same labelled validation rows pick the best epoch (`ValidationDetection`): an autoencoder's
+detection peaks and then falls while its reconstruction loss still improves.
 """
 
 import argparse
@@ -68,7 +71,7 @@ MAX_CODE_UNITS = 8  # the bottleneck: a quarter of the features, between 2 and 8
 # learned and rebuilds some frauds well (test PR-AUC 0.38 against 0.73 on the synthetic data,
 # 10 epochs).
 ACTIVATION = "tanh"
-SCORE_WITH_KL = True
+SCORE_WITH_KL = True  # the VAE's score: reconstruction NLL + KL (False: the NLL alone)
 KL_WEIGHT = 1.0  # the VAE's beta; 1 is the evidence lower bound
 # Floor of the VAE decoder's log-variance (a standard deviation of 0.37 in standardised units):
 # without it, features the decoder predicts well get weights so large that any deviation in
@@ -233,8 +236,9 @@ class Autoencoder(AnomalyDetector):
 @keras.saving.register_keras_serializable(package=APP)
 class VariationalAutoencoder(AnomalyDetector):
     """VAE with a Gaussian encoder q(c | z) and a Gaussian decoder p(z | c) whose variance is
-    learned per feature and per row. Loss: the negative ELBO, -E_q[log p(z | c)] + KL(q || N(0, I)).
-    Score: -log p(z | mean of q), the reconstruction log-likelihood at the posterior mean."""
+    learned per feature and per row. Loss: the negative ELBO, -E_q[log p(z | c)] + KL(q || N(0, I)),
+    the expectation estimated with one reparameterised sample. Score: the same with the sample
+    replaced by the posterior mean, -log p(z | mean of q) + KL(q || N(0, I))."""
 
     def __init__(self, n_features, log_mask, mean, variance, **kwargs):
         super().__init__(n_features, log_mask, mean, variance, **kwargs)
