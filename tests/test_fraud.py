@@ -132,7 +132,7 @@ def test_mirrored_autoencoder_step_matches_one_device(splits):
         loss = model.fit(batch, verbose=0).history["loss"][0]
         return loss, [w.numpy() for w in model.weights]
 
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = runner.choose_strategy("mirrored")  # one per process: see runner
     single_loss, single_weights = first_step(tf.distribute.get_strategy())
     mirrored_loss, mirrored_weights = first_step(mirrored)
     assert mirrored_loss == pytest.approx(single_loss, rel=1e-5)
