@@ -51,8 +51,8 @@ def sentences_per_second(function, sentences: list, batch: int) -> float:
 
 
 def decoding_speed(translator: tr.Translator, sentences: list[str]) -> dict:
-    def compiled(width):
-        search = translator.compiled_search(width, tr.ALPHA if width > 1 else 0.0)
+    def compiled(width, alpha=tr.ALPHA):
+        search = translator.compiled_search(width, alpha if width > 1 else 0.0)
         return lambda chunk: search(translator.source_ids(tf.constant(chunk)))["tokens"].numpy()
 
     def eager(chunk):
@@ -60,6 +60,10 @@ def decoding_speed(translator: tr.Translator, sentences: list[str]) -> dict:
 
     speeds = {
         "compiled beam 4, batch 64": sentences_per_second(compiled(4), sentences, SPEED_BATCH),
+        # alpha 0: the search can stop as soon as k finished hypotheses beat every running one;
+        # with a length penalty it must allow for hypotheses growing to the maximum length.
+        "compiled beam 4, alpha 0, batch 64": sentences_per_second(compiled(4, 0.0), sentences,
+                                                                   SPEED_BATCH),
         "compiled greedy, batch 64": sentences_per_second(compiled(1), sentences, SPEED_BATCH),
         "eager loop greedy, batch 64": sentences_per_second(eager, sentences, SPEED_BATCH),
         "eager loop greedy, one by one": sentences_per_second(
