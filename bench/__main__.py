@@ -1,9 +1,20 @@
-"""`make bench`: runs every benchmark in turn."""
+"""`make bench`: runs every benchmark in turn (hours on 2 cores; translation alone ~45 min)."""
 
-from bench import fraud, gan, inference, lenet_training, mnist_layers, mnist_lenet, serving
+from bench import (
+    fraud,
+    gan,
+    inference,
+    lenet_training,
+    mnist_layers,
+    mnist_lenet,
+    serving,
+    translation,
+)
 
 # gan after mnist_lenet: it judges with the LeNet-5 that mnist_lenet trained (runs/bench/lenet5).
-BENCHMARKS = [mnist_lenet, mnist_layers, lenet_training, inference, serving, gan, fraud]
+BENCHMARKS = [
+    mnist_lenet, mnist_layers, lenet_training, inference, serving, gan, fraud, translation,
+]
 
 if __name__ == "__main__":
     for benchmark in BENCHMARKS:
