@@ -559,7 +559,6 @@ def serving_archive(captioner: Captioner, beam_width: int = BEAM_WIDTH,
     resizing, beam search and detokenisation all run in the graph."""
     archive = keras.export.ExportArchive()
     archive.track(captioner.model)
-    archive.track(captioner.tokenizer.layer)
 
     def serve(images):
         return captioner.caption_bytes(images, beam_width, alpha)
