@@ -31,6 +31,7 @@ seen in training (`pipelines.shape_scenes`).
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
+from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
@@ -568,24 +570,108 @@ def serving_archive(captioner: Captioner, beam_width: int = BEAM_WIDTH,
     return archive
 
 
-def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE,
-           quiet: bool = False) -> dict:
-    """Publishes a run as the next version under `model_base/captioning/` (SavedModel)."""
+TFLITE_SIGNATURES = ("encode", "decode_step")
+# No full-int8 variant: as for the translator, TF 2.21's converter is not reliable calibrating a
+# two-signature RNN model; "dynamic" (int8 weights, float activations) is the small one.
+LITE_VARIANTS = ("float32", "float16", "dynamic")
+LITE_CHECK_IMAGES = 20  # held-out images decoded by LiteRT and Keras, token for token
+
+
+def lite_archive(captioner: Captioner) -> keras.export.ExportArchive:
+    """`encode` and `decode_step` with a fixed batch of 1: LiteRT runs the LSTM step with
+    builtin ops, and the decoding loop runs outside, in numpy (`serving.litert_captioning`)."""
+    archive = keras.export.ExportArchive()
+    archive.track(captioner.model)
+    size, units = captioner.image_size, captioner.decoder.units
+    memory, _, _, _ = captioner.encode(tf.zeros([1, size, size, 3], tf.uint8))
+    regions, width = memory.shape[1], memory.shape[2]
+
+    def encode(image):  # uint8 [1, S, S, 3]
+        memory, keys, mask, state = captioner.encode(image)
+        return {"memory": memory, "keys": keys, "region_mask": mask,
+                "state_0": state[0], "state_1": state[1]}
+
+    def decode_step(token, memory, keys, region_mask, state_0, state_1):
+        log_probs, state, weights = captioner.decode_step(token, [state_0, state_1], memory,
+                                                          keys, region_mask)
+        return {"log_probs": log_probs, "attention": weights,
+                "state_0": state[0], "state_1": state[1]}
+
+    archive.add_endpoint("encode", encode, input_signature=[
+        tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
+    archive.add_endpoint("decode_step", decode_step, input_signature=[
+        tf.TensorSpec([1], tf.int32, name="token"),
+        tf.TensorSpec([1, regions, width], tf.float32, name="memory"),
+        tf.TensorSpec([1, regions, units], tf.float32, name="keys"),
+        tf.TensorSpec([1, regions], tf.float32, name="region_mask"),
+        tf.TensorSpec([1, units], tf.float32, name="state_0"),
+        tf.TensorSpec([1, units], tf.float32, name="state_1")])
+    return archive
+
+
+def convert_lite(saved_model_dir: Path, variant: str) -> bytes:
+    """Both signatures into one .tflite, builtin ops only."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model_dir), signature_keys=list(TFLITE_SIGNATURES))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False,
+           check_images: int = LITE_CHECK_IMAGES) -> dict:
+    """Publishes a run as the next version under `model_base/captioning/`: the SavedModel, and
+    in assets.extra/ the .tflite variants, vocab.txt and litert.json, each .tflite checked in the
+    LiteRT interpreter against the Keras greedy decode of held-out images."""
     import shutil
+
+    from serving.litert_captioning import CaptionLiteRT
 
     run_dir = Path(run_dir or last_run_dir())
     captioner = load_captioner(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    test = load_data(run["data"], run["scenes"], run["objects"]).test
+    images = cp.image_array(test.images[:check_images], captioner.image_size)
+    keras_greedy = [list(ids) for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
+    report: dict = {"checked_images": len(images)}
 
     def write(version_dir: Path) -> None:
         serving_archive(captioner).write_out(str(version_dir), verbose=False)
         extra = version_dir / exporting.EXTRA_DIR
         extra.mkdir()
         shutil.copy(run_dir / "vocab.txt", extra / "vocab.txt")
+        runner.write_json(extra / "litert.json", {
+            "kind": "captioning", "signatures": list(TFLITE_SIGNATURES),
+            "image_size": captioner.image_size, "max_length": captioner.max_length,
+            "ids": {"pad": tp.PAD, "unk": tp.UNK, "start": tp.START, "end": tp.END},
+            "vocab": "vocab.txt"})
+        with tempfile.TemporaryDirectory() as lite_dir:
+            lite_archive(captioner).write_out(lite_dir, verbose=False)
+            for variant in tqdm(LITE_VARIANTS, desc="TFLite", disable=quiet):
+                content = convert_lite(Path(lite_dir), variant)
+                path = extra / f"{APP}_{variant}.tflite"
+                path.write_bytes(content)
+                lite = CaptionLiteRT(path)
+                same = [lite.greedy_ids(image)[0] == [int(t) for t in ids]
+                        for image, ids in zip(images, keras_greedy)]
+                report[variant] = {"file": path.name, "bytes": len(content),
+                                   "same_tokens_as_keras_greedy": float(np.mean(same))}
+        runner.write_json(extra / "tflite_report.json", report)
 
     version_dir = exporting.publish(Path(model_base) / APP, write)
+    report["saved_model"] = str(version_dir)
     if not quiet:
-        print(f"SavedModel (serving_default: image bytes -> caption) in {version_dir}")
-    return {"saved_model": str(version_dir)}
+        runner.print_table([
+            {"format": f"TFLite {v}", "file": report[v]["file"],
+             "size (KiB)": f"{report[v]['bytes'] / 1024:.1f}",
+             "greedy tokens = Keras": f"{report[v]['same_tokens_as_keras_greedy']:.0%}"}
+            for v in LITE_VARIANTS])
+        print(f"\nSavedModel (serving_default: image bytes -> caption) and .tflite files in"
+              f" {version_dir}")
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,7 +689,9 @@ def demo(model_base: Path = MODEL_BASE) -> dict:
     return {"app": "captioning (CNN + attention LSTM, shape scenes)",
             "quality": f"BLEU-4 {metrics['bleu4']:.1f} ({metrics['test_images']} held-out"
                        " combinations)",
-            "SavedModel": report["saved_model"], ".tflite KiB f32/f16/dyn/int8": "n.a."}
+            "SavedModel": report["saved_model"],
+            ".tflite KiB f32/f16/dyn/int8": "/".join(
+                f"{report[v]['bytes'] / 1024:.0f}" for v in LITE_VARIANTS) + "/n.a."}
 
 
 # ---------------------------------------------------------------------------------------------

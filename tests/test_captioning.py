@@ -15,6 +15,7 @@ from PIL import Image
 from apps import captioning as cap
 from apps import runner
 from pipelines import DataError
+from serving.litert_captioning import CaptionLiteRT
 
 # Small enough to train in about 20 s on 2 cores, big enough to caption new combinations.
 SMALL = {"scenes": 2500, "epochs": 5, "units": 128}
@@ -110,9 +111,15 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_saved_model_captions_bytes_of_a_real_png_file(trained, captioner, data, tmp_path):
-    report = cap.export(trained[0], tmp_path / "models", quiet=True)
-    version = Path(report["saved_model"])
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    report = cap.export(trained[0], tmp_path_factory.mktemp("models"), quiet=True,
+                        check_images=10)
+    return Path(report["saved_model"]), report
+
+
+def test_saved_model_captions_bytes_of_a_real_png_file(exported, captioner, data, tmp_path):
+    version, _ = exported
     assert version.name == "1" and (version / "saved_model.pb").is_file()
     assert not [p for p in version.parent.iterdir() if p.name.startswith(".incomplete")]
     path = tmp_path / "scene.png"
@@ -123,6 +130,23 @@ def test_saved_model_captions_bytes_of_a_real_png_file(trained, captioner, data,
     expected = captioner.captions(data.test.images[3:4])[0]
     assert served == [expected, expected]
     assert len(expected.split()) >= 4
+
+
+def test_litert_matches_keras_greedy_token_for_token_without_tensorflow(exported, captioner,
+                                                                         data):
+    version, report = exported
+    assert report["float32"]["same_tokens_as_keras_greedy"] == 1.0
+    assert report["dynamic"]["same_tokens_as_keras_greedy"] >= 0.8
+    assert report["dynamic"]["bytes"] < 0.4 * report["float32"]["bytes"]
+    lite = CaptionLiteRT(version / "assets.extra" / "captioning_float32.tflite")
+    images = data.test.images[20:30]  # others than the export's own check
+    for image, ids in zip(images, captioner.best_ids(images, beam_width=1, alpha=0.0)):
+        lite_ids, attention = lite.greedy_ids(image)
+        assert lite_ids == [int(t) for t in ids]
+        assert np.allclose(np.sum(attention, axis=1), 1.0, atol=1e-4)
+    assert lite.caption(images[0]) == captioner.captions(images[:1], beam_width=1)[0]
+    content = (version / "assets.extra" / "captioning_float32.tflite").read_bytes()
+    assert b"Flex" not in content  # builtin ops only
 
 
 def test_caption_command_prints_one_caption_per_image(trained, captioner, data, tmp_path,
@@ -161,3 +185,24 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("train", "evaluate", "caption", "export"):
         assert command in out
+
+
+def test_keras_applications_encoder_loads_a_local_weights_file(tmp_path):
+    import keras
+
+    model = cap.build_model(20, backbone="MobileNetV2", backbone_weights=None)
+    encoder = model.get_layer("encoder")
+    assert not encoder.cnn.trainable
+    regions, mask, state = encoder(np.zeros([2, 48, 48, 3], np.uint8))
+    assert regions.shape == (2, 4, cap.UNITS) and len(state) == 2  # 48 / 32 -> 2 x 2 grid
+    full = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                          input_shape=(48, 48, 3))
+    full_path = tmp_path / "full.weights.h5"
+    full.save_weights(full_path)
+    loaded = cap.build_model(20, backbone="MobileNetV2", backbone_weights=str(full_path))
+    np.testing.assert_array_equal(loaded.get_layer("encoder").cnn.weights[0].numpy(),
+                                  full.weights[0].numpy())
+    with pytest.raises(DataError, match="no such weights file"):
+        cap.train(backbone="MobileNetV2", backbone_weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(DataError, match="not a keras.applications model"):
+        cap.build_model(20, backbone="NoSuchNet")
