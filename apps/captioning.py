@@ -7,6 +7,7 @@ attention writes the caption, beam search picks it, BLEU-1..4 measures it.
     python -m apps.captioning evaluate                       # BLEU-1..4, examples, attention.png
     python -m apps.captioning caption photo.png scene.jpg    # one caption per image
     python -m apps.captioning export                         # -> saved_models/captioning/<n>/
+    python -m serving.litert_captioning MODEL.tflite scene.png  # numpy + LiteRT, no TensorFlow
 
 Show and Tell (Vinyals et al., 2015, arXiv:1411.4555) feeds a CNN's image vector to an LSTM as
 its initial state and lets it write. Show, Attend and Tell (Xu et al., 2015, arXiv:1502.03044)
@@ -25,7 +26,9 @@ queries the regions) written for the translator; decoding is `layers.beam_search
 Quality is corpus BLEU-1..4 with sacreBLEU against all references of each held-out image
 (multi-reference BLEU: an n-gram counts when any reference has it, clipped by the reference that
 has it most often). On the generated scenes the held-out images show combinations of objects never
-seen in training (`pipelines.shape_scenes`).
+seen in training (`pipelines.shape_scenes`). Export writes a SavedModel whose `serving_default`
+takes encoded image bytes and returns the caption, and `.tflite` files with an `encode` and a
+`decode_step` signature (batch 1, builtin ops) whose greedy loop runs in numpy on LiteRT.
 """
 
 import argparse
@@ -133,7 +136,9 @@ def batches(images: np.ndarray, index: list[int], ids: np.ndarray, batch_size: i
     if shuffle:
         data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     table = tf.constant(images)
-    data = data.batch(batch_size, drop_remainder=multiple_of > 1)
+    # `count` and the batch are multiples of the replicas, so every batch splits evenly (Keras
+    # 3.15 under MirroredStrategy fails on one that does not).
+    data = data.batch(batch_size)
     return data.map(lambda i, c: ((tf.gather(table, i), c[:, :-1]), c[:, 1:]),
                     num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -688,7 +693,7 @@ def demo(model_base: Path = MODEL_BASE) -> dict:
     report = export(model_base=model_base, quiet=True)
     return {"app": "captioning (CNN + attention LSTM, shape scenes)",
             "quality": f"BLEU-4 {metrics['bleu4']:.1f} ({metrics['test_images']} held-out"
-                       " combinations)",
+                       " images of unseen combinations)",
             "SavedModel": report["saved_model"],
             ".tflite KiB f32/f16/dyn/int8": "/".join(
                 f"{report[v]['bytes'] / 1024:.0f}" for v in LITE_VARIANTS) + "/n.a."}

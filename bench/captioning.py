@@ -31,7 +31,7 @@ def train_one(decoder: str, scenes: int, epochs: int, workdir: Path) -> dict:
     return {"decoder": decoder, **{f"BLEU-{n}": round(metrics[f"bleu{n}"], 1) for n in range(1, 5)},
             "most frequent caption BLEU-4": round(metrics["most_frequent_bleu4"], 1),
             "exact": f"{metrics['exact_match']:.1%}", "held-out images": metrics["test_images"],
-            "train s (wall)": round(time.perf_counter() - wall, 1),
+            "train + evaluate s (wall)": round(time.perf_counter() - wall, 1),
             "CPU s (train + evaluate)": round(time.process_time() - cpu, 1)}
 
 
