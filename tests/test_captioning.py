@@ -221,3 +221,40 @@ def test_trains_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     history = runner.read_history(run_dir)
     assert history["val_loss"][-1] <= 0.8 * history["val_loss"][0], history
     assert history["val_masked_accuracy"][-1] >= 0.25, history
+
+
+def flickr_fixture(folder: Path, count: int = 30) -> list[str]:
+    """A tiny Flickr8k folder: token file, Flicker8k_Dataset/ with real JPEGs, no split files."""
+    names = [f"{2000 + i}_x.jpg" for i in range(count)]
+    (folder / "Flicker8k_Dataset").mkdir(parents=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (64, 40), (200 if i % 2 else 20, 60, 120)).save(
+            folder / "Flicker8k_Dataset" / name)
+    colour = ["blue", "red"]
+    (folder / "Flickr8k.token.txt").write_text("".join(
+        f"{n}#{k}\tA {colour[i % 2]} picture , take {k} .\n"
+        for i, n in enumerate(names) for k in range(3)))
+    return names
+
+
+def test_trains_and_captions_from_a_flickr8k_folder(tmp_path):
+    flickr_fixture(tmp_path / "flickr")
+    run_dir = tmp_path / "run"
+    metrics = cap.train(data=str(tmp_path / "flickr"), epochs=1, batch_size=16, units=32,
+                        run_dir=run_dir, verbose=0)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["train_captions"] == 3 * run["train_images"]  # every reference is a target
+    assert metrics["test_images"] == 3 and 0 <= metrics["bleu1"] <= 100
+    assert "picture" in (run_dir / "vocab.txt").read_text().split()
+
+
+def test_caption_file_with_missing_images_exits_2_naming_one(tmp_path, capsys):
+    names = flickr_fixture(tmp_path / "flickr", count=12)
+    (tmp_path / "flickr" / "Flicker8k_Dataset" / names[5]).unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(cap.main, ["train", "--data", str(tmp_path / "flickr"),
+                                  "--run-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "1 of 12 images are missing" in err and names[5] in err
