@@ -5,10 +5,11 @@
 
 import time
 
-from apps import digit_ocr, fraud, gan, runner, translation
+from apps import captioning, digit_ocr, fraud, gan, runner, translation
 
 # digit_ocr first: the GAN judges its samples with the LeNet-5 that digit_ocr's demo trains.
-DEMOS = [digit_ocr.demo, gan.demo, fraud.demo, translation.demo]
+DEMOS = [digit_ocr.demo, gan.demo, fraud.demo, translation.demo,
+         captioning.demo]
 
 
 def main() -> None:

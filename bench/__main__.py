@@ -1,6 +1,7 @@
 """`make bench`: runs every benchmark in turn (hours on 2 cores; translation alone ~45 min)."""
 
 from bench import (
+    captioning,
     fraud,
     gan,
     inference,
@@ -14,6 +15,7 @@ from bench import (
 # gan after mnist_lenet: it judges with the LeNet-5 that mnist_lenet trained (runs/bench/lenet5).
 BENCHMARKS = [
     mnist_lenet, mnist_layers, lenet_training, inference, serving, gan, fraud, translation,
+    captioning,
 ]
 
 if __name__ == "__main__":
