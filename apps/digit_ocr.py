@@ -216,10 +216,12 @@ def build_model(model_name: str, num_classes: int = 10) -> keras.Model:
 
 
 def compile_model(model: keras.Model, steps: int, model_name: str = DEFAULT_MODEL) -> keras.Model:
-    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=max(steps, 1))
+    strategy = tf.distribute.get_strategy()
+    schedule = keras.optimizers.schedules.CosineDecay(
+        runner.scaled_learning_rate(LEARNING_RATE, strategy), decay_steps=max(steps, 1))
     # Keras 3.15's multi-step loop fails under MirroredStrategy (InvalidArgumentError in
     # multi_step_on_iterator): one step per call there.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=WEIGHT_DECAY[model_name]),
         loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -255,50 +257,51 @@ def train(
     augment: bool = False,
     seed: int = SEED,
     verbose: int | str = "auto",
+    jit: bool = False,
+    backup_every: int | None = None,
 ) -> dict:
     """Trains on `data`'s training split, selects on validation, reports on test."""
-    run_dir = Path(run_dir or default_run_dir(model_name))
     epochs = epochs or default_epochs(model_name)
     keras.utils.set_random_seed(seed)
     dataset = image_data.load_image_dataset(data)
     strategy = runner.choose_strategy(strategy_name)
+    run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(model_name)), strategy)
     global_batch = batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = -(-count(dataset.train) // global_batch)
 
-    resumed_after = runner.start_run(run_dir)
-    if resumed_after is not None:
-        print(f"Resuming {run_dir} from its backup after epoch {resumed_after}")
+    resumed = runner.start_run(run_dir)
     runner.write_json(
         run_dir / "run.json",
         {"app": APP, "model": model_name, "data": data, "class_names": dataset.class_names,
          "epochs": epochs, "batch_size": batch_size, "augment": augment, "seed": seed,
          "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch},
     )
-    train_batches = image_data.batches(
-        dataset.train, global_batch, shuffle=True, augment=augment, seed=seed
-    )
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
+        return image_data.batches(dataset.train, global_batch, shuffle=True, augment=augment,
+                                  seed=seed + epoch)
+
     validation_batches = image_data.batches(dataset.validation, global_batch)
     with strategy.scope():
         model = build_model(model_name, dataset.num_classes)
         if model_name == "dsn":
-            train_dsn(model, train_batches, validation_batches, dataset.num_classes, epochs,
+            train_dsn(model, epoch_batches(0), validation_batches, dataset.num_classes, epochs,
                       run_dir, verbose)
         else:
-            if model_name == "dbn" and resumed_after is None:
-                pretrain_dbn(model, train_batches, run_dir, verbose)
+            if model_name == "dbn" and resumed is None:
+                pretrain_dbn(model, epoch_batches(0), run_dir, verbose)
             compile_model(model, steps=epochs * steps_per_epoch, model_name=model_name)
+    steps = None
     if model_name != "dsn":
-        model.fit(
-            train_batches,
+        steps = runner.fit(
+            model, epoch_batches, epochs, run_dir, steps_per_epoch=steps_per_epoch,
             validation_data=validation_batches,
-            epochs=epochs,
-            callbacks=runner.training_callbacks(run_dir, resumed=resumed_after is not None),
-            shuffle=False,  # the tf.data pipeline shuffles
-            verbose=verbose,
+            callbacks=runner.training_callbacks(run_dir, resumed=resumed is not None),
+            backup_every=backup_every, jit=jit, verbose=verbose,
         )
     runner.plot_history(run_dir)
     best_model, _ = load_run(run_dir)
-    metrics = held_out_metrics(best_model, dataset, run_dir, model_name)
+    metrics = held_out_metrics(best_model, dataset, run_dir, model_name) | {"steps": steps}
     runner.write_json(run_dir / "metrics.json", metrics)
     print(
         f"{APP} {model_name} on {dataset.name}: test accuracy {metrics['test_accuracy']:.4f}"
@@ -589,9 +592,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     run_dir = args.run_dir or default_run_dir(args.model)
     if args.command == "train":
-        runner.split_cpu(args.devices)
+        runner.configure(args)
         train(args.data, args.model, args.epochs, args.batch_size, args.strategy, run_dir,
-              args.augment, args.seed, args.verbose)
+              args.augment, args.seed, args.verbose, args.jit, args.backup_every)
     elif args.command == "evaluate":
         evaluate(run_dir, args.data)
     elif args.command == "predict":

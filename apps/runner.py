@@ -4,7 +4,8 @@ a run directory with its callbacks and plots, and a command line that reports ba
 A run directory holds one training run:
 
     runs/<app>/<model>/
-        backup/            BackupAndRestore state; a re-run of the same command resumes from it
+        backup/            step-level backups (`apps.backup`); a re-run of the same command
+                           resumes exactly where the newest one was taken
         best.keras         the checkpoint with the best validation metric
         history.csv        one row per epoch
         training_curves.png
@@ -16,14 +17,17 @@ import argparse
 import csv
 import functools
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+from apps import backup
 from pipelines import DataError
 
 RUNS_ROOT = Path("runs")
-STRATEGIES = ("auto", "one", "mirrored")
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 
 
 class UsageError(DataError):
@@ -49,11 +53,31 @@ def split_cpu(devices: int) -> None:
         )
 
 
+def configure(args: argparse.Namespace) -> None:
+    """What must happen before TensorFlow runs its first op, from the training options: logical
+    CPUs, the multi-worker strategy (it joins the cluster at start-up) and the dtype policy."""
+    split_cpu(getattr(args, "devices", 1))
+    if getattr(args, "strategy", None) == "multiworker":
+        choose_strategy("multiworker")
+    if getattr(args, "mixed_precision", False):
+        import keras
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            print("note: --mixed-precision needs a GPU (float16 is slower than float32 on a"
+                  " CPU); training in float32", file=sys.stderr)
+
+
 def choose_strategy(name: str):
     """`auto`: MirroredStrategy over the GPUs when there are several, else the default strategy.
-    `mirrored` without GPUs mirrors over the logical CPUs (see `split_cpu`)."""
+    `mirrored` without GPUs mirrors over the logical CPUs (see `split_cpu`). `multiworker`: one
+    MultiWorkerMirroredStrategy over the cluster that `TF_CONFIG` describes."""
     import tensorflow as tf
 
+    if name == "multiworker":
+        return multiworker_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "one" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
@@ -72,6 +96,54 @@ def mirrored_strategy(devices: tuple[str, ...]):
     return tf.distribute.MirroredStrategy(list(devices))
 
 
+@functools.cache
+def multiworker_strategy():
+    """MultiWorkerMirroredStrategy from `TF_CONFIG`, with the fix Keras' `fit` needs under it
+    (`apps.multiworker_fix`). Created once, before any other op: it starts this worker's server."""
+    import tensorflow as tf
+
+    from apps import multiworker_fix
+
+    try:
+        cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise UsageError("--strategy multiworker needs TF_CONFIG, e.g. "
+                         '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                         '"task": {"type": "worker", "index": 0}}; see README "Scaling out"'
+                         ) from None
+    if not isinstance(cluster, dict) or not cluster:
+        raise UsageError("TF_CONFIG: 'cluster' must map job names to host:port lists")
+    multiworker_fix.apply()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run directory and exports: always, except on the
+    non-chief workers of a multi-worker run (the chief is task "chief", else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(strategy.extended, "_in_multi_worker_mode", lambda: 0)():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+
+
+def worker_run_dir(run_dir: Path, strategy) -> Path:
+    """The chief trains into `run_dir`; another worker into a scratch directory of its own
+    (its backups let it resume with the others; nothing there is meant to be kept)."""
+    if is_chief(strategy):
+        return run_dir
+    resolver = strategy.cluster_resolver
+    scratch = Path(tempfile.gettempdir()) / "deep-architectures" / run_dir
+    return scratch / f"{resolver.task_type}-{resolver.task_id}"
+
+
+def scaled_learning_rate(learning_rate: float, strategy) -> float:
+    """Learning rates are stated for one replica's batch; N replicas train on an N times larger
+    global batch, so the rate grows N times (the linear scaling rule, Goyal et al., 2017)."""
+    return learning_rate * strategy.num_replicas_in_sync
+
+
 # ---------------------------------------------------------------------------------------------
 # Run directory and callbacks
 # ---------------------------------------------------------------------------------------------
@@ -81,22 +153,18 @@ def backup_dir(run_dir: Path) -> Path:
     return run_dir / "backup"
 
 
-def resumable_epoch(run_dir: Path) -> int | None:
-    """How many epochs a BackupAndRestore backup in `run_dir` holds (None: no backup)."""
-    metadata = backup_dir(run_dir) / "training_metadata.json"
-    if not metadata.is_file():
-        return None
-    return int(json.loads(metadata.read_text())["epoch"])
-
-
-def start_run(run_dir: Path) -> int | None:
-    """Prepares `run_dir` for training; returns the epoch it resumes after, or None when fresh.
+def start_run(run_dir: Path) -> backup.Position | None:
+    """Prepares `run_dir` for training; returns the position it resumes from, or None if fresh.
 
     A fresh run clears what an earlier finished run left, so its history does not mix in. A
     resumed run drops history rows of epochs the backup does not hold (the kill came between
     the row and the backup): they are trained again.
     """
-    resumed = resumable_epoch(run_dir)
+    position = backup.latest_position(backup_dir(run_dir))
+    resumed = position.epoch if position else None
+    if position:
+        print(f"Resuming {run_dir} from its backup: epoch {position.epoch + 1}, "
+              f"{position.batch} batches in, step {position.step}")
     if resumed is None and run_dir.exists():
         for leftover in ("history.csv", "logs", "metrics.json", "best.keras"):
             path = run_dir / leftover
@@ -107,7 +175,7 @@ def start_run(run_dir: Path) -> int | None:
         kept = [line for line in lines[1:] if int(line.split(",")[0]) < resumed]
         history.write_text("".join(lines[:1] + kept))
     run_dir.mkdir(parents=True, exist_ok=True)
-    return resumed
+    return position
 
 
 def training_callbacks(run_dir: Path, monitor: str = "val_accuracy", resumed: bool = False,
@@ -118,17 +186,59 @@ def training_callbacks(run_dir: Path, monitor: str = "val_accuracy", resumed: bo
     history = read_history(run_dir) if resumed and (run_dir / "history.csv").is_file() else {}
     best = max if mode == "max" else min  # mode "min" for a monitored loss
     best_so_far = best(history[monitor]) if history.get(monitor) else None
-    # Order matters at the end of an epoch: the history row and the best checkpoint are
-    # written before the backup that says the epoch is done.
+    # `fit` below calls Keras' fit once per epoch: the log appends (start_run clears it for a
+    # fresh run). The backup comes last in `fit`, after the history row and the checkpoint.
     return [
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "best.keras"), monitor=monitor, mode=mode, save_best_only=True,
             initial_value_threshold=best_so_far,
         ),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
-        keras.callbacks.BackupAndRestore(str(backup_dir(run_dir)), double_checkpoint=True),
     ]
+
+
+def fit(model, epoch_batches, epochs: int, run_dir: Path, *, steps_per_epoch: int,
+        validation_data=None, callbacks=(), backup_every: int | None = None, jit: bool = False,
+        verbose="auto") -> int:
+    """`model.fit` for `epochs`, resumable exactly: returns the number of steps trained.
+
+    `epoch_batches(epoch)` gives that epoch's training batches, the same ones in every process
+    (shuffled with a seed derived from the epoch), `steps_per_epoch` of them. Keras' fit runs
+    one epoch at a time so that a resumed epoch can start at the batch where the backup was
+    taken: the state comes back from `run_dir/backup`, the epoch's batches are rebuilt and the
+    ones already trained on are skipped. A finished run deletes its backup.
+    """
+    import keras
+
+    backups = backup.StepBackup(backup_dir(run_dir), every_steps=backup_every)
+    backups.steps_per_epoch = steps_per_epoch
+    with model.distribute_strategy.scope():
+        try:
+            start = backups.restore(model) or backup.Position(0, 0, 0)
+        except ValueError as error:
+            raise UsageError(f"{error}; delete {backup_dir(run_dir)} to start afresh") from None
+    if jit:
+        model.jit_compile = True
+
+    class OneEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    for epoch in range(start.epoch, epochs):
+        skipped = start.batch if epoch == start.epoch else 0
+        backups.start_epoch(epoch, skipped, validation_data or epoch_batches(epoch))
+        model.fit(
+            epoch_batches(epoch).skip(skipped),
+            validation_data=validation_data,
+            initial_epoch=epoch,
+            epochs=epochs,
+            callbacks=[*callbacks, backups, OneEpoch()],
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=verbose,
+        )
+    backups.clear()
+    return epochs * steps_per_epoch
 
 
 def read_history(run_dir: Path) -> dict[str, list[float]]:
@@ -175,6 +285,7 @@ def write_json(path: Path, payload: dict) -> None:
 
 def add_training_options(parser: argparse.ArgumentParser, epochs: int | None, batch_size: int,
                          epochs_help: str = "default: %(default)s") -> None:
+    """--epochs, --batch-size and how to run: strategy, devices, precision, XLA, backups."""
     parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     parser.add_argument(
         "--batch-size",
@@ -187,7 +298,8 @@ def add_training_options(parser: argparse.ArgumentParser, epochs: int | None, ba
         "--strategy",
         choices=STRATEGIES,
         default="auto",
-        help="auto: MirroredStrategy when more than one GPU is visible (default: %(default)s)",
+        help="auto: MirroredStrategy when more than one GPU is visible; multiworker: one"
+        " replica set across the machines in TF_CONFIG (default: %(default)s)",
     )
     parser.add_argument(
         "--devices",
@@ -196,6 +308,13 @@ def add_training_options(parser: argparse.ArgumentParser, epochs: int | None, ba
         metavar="N",
         help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)",
     )
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="mixed_float16 on GPUs (ignored, with a note, on a CPU)")
+    parser.add_argument("--jit", action="store_true",
+                        help="compile the train step with XLA (helps on GPUs; slower on a CPU)")
+    parser.add_argument("--backup-every", type=int, default=None, metavar="STEPS",
+                        help="back up every STEPS batches (default: every"
+                        f" {backup.BACKUP_SECONDS:g} s and at each epoch end)")
 
 
 def print_table(rows: list[dict], file=None) -> None:
