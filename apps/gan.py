@@ -69,7 +69,7 @@ BATCH_SIZE = 64  # per replica
 LATENT_DIM = 100  # Radford et al.'s z
 FILTERS = 64  # the generator's last and the discriminator's first convolution; the other is 2x
 LABEL_EMBEDDING = 50  # the cGAN generator's label embedding, concatenated to z
-LEARNING_RATE = 2e-4
+LEARNING_RATE = 2e-4  # per replica: N replicas train at N times this (runner.scaled_learning_rate)
 BETA_1 = 0.5  # Adam's default 0.9 made DCGAN training oscillate (Radford et al., section 4)
 LEAKY_SLOPE = 0.2
 INIT_STDDEV = 0.02
@@ -115,11 +115,13 @@ def gan_batches(split: tf.data.Dataset, global_batch: int, seed: int = SEED) -> 
     """An unbatched split -> shuffled batches of (float32 [B, 28, 28, 1] in [-1, 1], int32 [B]).
 
     Full batches only: every replica then gets the same share, and the noise each one slices out
-    of the global draw (see `GAN.draw_noise`) is exactly what one device would use.
+    of the global draw (see `GAN.draw_noise`) is exactly what one device would use. One pipeline
+    per epoch, shuffled by `seed`: training passes `SEED + epoch`, so every process (a re-run
+    resuming mid-epoch, every worker) sees the same batches in the same order.
     """
     return (
         split.cache()
-        .shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        .shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
         .batch(global_batch, drop_remainder=True)
         .map(lambda frames, labels: (to_gan_input(frames), labels),
              num_parallel_calls=tf.data.AUTOTUNE)
@@ -192,7 +194,7 @@ def build_discriminator(model_name: str, num_classes: int = 10,
 
 
 # ---------------------------------------------------------------------------------------------
-# The adversarial game as a keras.Model: fit, callbacks, BackupAndRestore and strategies work
+# The adversarial game as a keras.Model: fit, callbacks, backups and strategies work
 # ---------------------------------------------------------------------------------------------
 
 
@@ -217,10 +219,15 @@ class GAN(keras.Model):
                          for name in ("d_loss", "g_loss", "d_real", "d_fake")}
         self.built = True  # both networks are built; nothing to infer from the data
 
-    def compile(self, steps_per_execution: int = 1):
+    def compile(self, steps_per_execution: int = 1, learning_rate: float | None = None):
+        """Two Adams, D's and G's. `learning_rate` (both): by default LEARNING_RATE, which is
+        stated for one replica's batch, scaled to the strategy's global batch."""
         super().compile(optimizer=None, steps_per_execution=steps_per_execution)
-        self.d_optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=BETA_1, name="d_adam")
-        self.g_optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=BETA_1, name="g_adam")
+        if learning_rate is None:
+            learning_rate = runner.scaled_learning_rate(LEARNING_RATE,
+                                                        tf.distribute.get_strategy())
+        self.d_optimizer = keras.optimizers.Adam(learning_rate, beta_1=BETA_1, name="d_adam")
+        self.g_optimizer = keras.optimizers.Adam(learning_rate, beta_1=BETA_1, name="g_adam")
         # Built here, in the strategy's scope: their slots must not be created inside a replica.
         self.d_optimizer.build(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator.trainable_variables)
@@ -418,25 +425,29 @@ def train(
     seed: int = SEED,
     evaluator: Path | None = None,
     verbose: int | str = "auto",
+    jit: bool = False,
+    backup_every: int | None = None,
 ) -> dict:
     """Trains G and D on `data`'s training split, then evaluates G against the test split."""
     check_model(model_name)
-    run_dir = Path(run_dir or default_run_dir(model_name))
     keras.utils.set_random_seed(seed)
     dataset = image_data.load_image_dataset(data)
     strategy = runner.choose_strategy(strategy_name)
+    run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(model_name)), strategy)
     global_batch = batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = digit_ocr.count(dataset.train) // global_batch  # full batches only
+    if steps_per_epoch == 0:
+        raise UsageError(f"--batch-size {batch_size}: the global batch of {global_batch} is"
+                         f" larger than the {digit_ocr.count(dataset.train)} training images")
     if evaluator is not None:
         check_evaluator(Path(evaluator), data)  # before minutes of training, not after
 
-    resumed_after = runner.start_run(run_dir)
-    if resumed_after is None:  # a fresh run: drop the samples and generator of an earlier one
+    resumed = runner.start_run(run_dir)
+    if resumed is None:  # a fresh run: drop the samples and generator of an earlier one
         for leftover in sorted((run_dir / "samples").glob("*.png")):
             leftover.unlink()
         for name in ("generator.keras", "samples.png", "evaluation.json"):
             (run_dir / name).unlink(missing_ok=True)
-    else:
-        print(f"Resuming {run_dir} from its backup after epoch {resumed_after}")
     runner.write_json(
         run_dir / "run.json",
         {"app": APP, "model": model_name, "data": data, "class_names": dataset.class_names,
@@ -445,32 +456,33 @@ def train(
          "global_batch_size": global_batch,
          "evaluator": str(evaluator) if evaluator is not None else None},
     )
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
+        return gan_batches(dataset.train, global_batch, seed + epoch)
+
     with strategy.scope():
         gan = build_gan(model_name, dataset.num_classes, filters, seed)
         # Keras 3.15's multi-step loop fails under MirroredStrategy: one step per call there.
+        # (Backups then fall every STEPS_PER_EXECUTION steps at most: see apps.backup.)
         gan.compile(STEPS_PER_EXECUTION if strategy.num_replicas_in_sync == 1 else 1)
     # The history row and the sample sheet / generator are written before the backup that says
-    # the epoch is done.
+    # the epoch is done (runner.fit puts it after these callbacks).
     callbacks = [
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed_after is not None),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         EpochSamples(run_dir, conditional=model_name == "cgan"),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
-        keras.callbacks.BackupAndRestore(str(runner.backup_dir(run_dir)), double_checkpoint=True),
     ]
-    gan.fit(
-        gan_batches(dataset.train, global_batch, seed),
+    steps = runner.fit(
+        gan, epoch_batches, epochs, run_dir, steps_per_epoch=steps_per_epoch,
         validation_data=gan_batches(dataset.validation, global_batch, seed),
-        epochs=epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=verbose,
+        callbacks=callbacks, backup_every=backup_every, jit=jit, verbose=verbose,
     )
     runner.plot_history(run_dir)
     noise, labels = fixed_grid_inputs(model_name == "cgan")
     write_png(sheet(sample_frames(gan.generator, noise, labels), GRID_ROWS),
               run_dir / "samples.png")
 
-    figures = evaluate(run_dir, evaluator=evaluator, quiet=True)
+    figures = evaluate(run_dir, evaluator=evaluator, quiet=True) | {"steps": steps}
     runner.write_json(run_dir / "metrics.json", figures)
     print(f"{APP} {model_name} on {dataset.name}: {summary(figures)}; run directory {run_dir}")
     return figures
@@ -887,9 +899,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     run_dir = args.run_dir or default_run_dir(args.model)
     if args.command == "train":
-        runner.split_cpu(args.devices)
+        runner.configure(args)
         train(args.data, args.model, args.epochs, args.batch_size, args.strategy, run_dir,
-              args.filters, args.seed, args.evaluator, args.verbose)
+              args.filters, args.seed, args.evaluator, args.verbose, args.jit, args.backup_every)
     elif args.command == "evaluate":
         evaluate(run_dir, args.model, args.evaluator, args.samples)
     elif args.command == "generate":

@@ -1,7 +1,7 @@
 """GANs end to end: both models learn (Frechet distance against an untrained generator, cGAN label
 accuracy against chance), a collapsed generator fails the coverage check, MirroredStrategy on two
-logical CPUs plays the same first step as one device, export round trip, generate, bad input,
-resume after an interruption."""
+logical CPUs plays the same first three steps as one device, export round trip, generate, bad
+input, exact resume after a kill mid-epoch."""
 
 import io
 import json
@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from apps import digit_ocr, gan, runner
+from apps import backup, digit_ocr, gan, runner
 from serving.litert import LiteRTModel
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -128,30 +128,55 @@ def test_run_directory_has_what_a_user_looks_at(cgan_run):
 # --- distribution -----------------------------------------------------------------------------
 
 
-def test_mirrored_first_step_matches_one_device(digits):
-    batch = next(iter(gan.gan_batches(digits.train, 64)))
-    one_batch = tf.data.Dataset.from_tensors(batch)
+class StepLogs(keras.callbacks.Callback):
+    """The logs after each training step: the running means of d_loss, g_loss, d_real, d_fake."""
 
-    def first_step(strategy, model_name):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append({name: float(value) for name, value in logs.items()})
+
+
+def test_mirrored_first_three_steps_match_one_device(digits):
+    # Three global batches of 64: one device takes each whole, two replicas 32 each.
+    batches = gan.gan_batches(digits.train, 64).take(3)
+
+    def three_steps(strategy, model_name):
         keras.utils.set_random_seed(7)
         with strategy.scope():
             model = gan.build_gan(model_name, filters=16)
-            model.compile(steps_per_execution=1)
-        losses = model.fit(one_batch, verbose=0).history
-        return losses, [w.numpy() for w in model.weights]
+            # As train() compiles it, with one explicit rate: the same update on both sides
+            # (train() would scale the rate with the replicas).
+            model.compile(steps_per_execution=1, learning_rate=gan.LEARNING_RATE)
+        logs = StepLogs()
+        model.fit(batches, verbose=0, callbacks=[logs])
+        return logs.steps, [w.numpy() for w in model.weights]
 
     mirrored = runner.choose_strategy("mirrored")  # one per process: see runner
     assert mirrored.num_replicas_in_sync == 2
     # The cGAN: the DCGAN's path plus labels (tracing under MirroredStrategy is what costs here).
-    single, single_weights = first_step(tf.distribute.get_strategy(), "cgan")
-    replicated, mirrored_weights = first_step(mirrored, "cgan")
-    # d_loss is computed before any update, g_loss after D's update (so it checks how the
-    # replicas' gradients were combined); both need each replica's slice of the same noise, and
-    # batch statistics over the global batch.
-    for name in ("d_loss", "g_loss", "d_real", "d_fake"):
-        assert replicated[name][0] == pytest.approx(single[name][0], rel=1e-4), name
+    single, single_weights = three_steps(tf.distribute.get_strategy(), "cgan")
+    replicated, mirrored_weights = three_steps(mirrored, "cgan")
+    assert len(single) == len(replicated) == 3
+    # d_loss is computed before any update of the step, g_loss after D's update (so it checks
+    # how the replicas' gradients were combined); steps 2 and 3 start from the updated weights
+    # and Adam moments, and draw new noise. All need each replica's slice of the same noise
+    # and batch statistics over the global batch.
+    for step, (one, two) in enumerate(zip(single, replicated)):
+        for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+            assert two[name] == pytest.approx(one[name], rel=1e-4), (step, name)
     for one, two in zip(single_weights, mirrored_weights):
-        np.testing.assert_allclose(one, two, atol=2e-5)
+        np.testing.assert_allclose(one, two, atol=5e-5)
+
+
+def test_learning_rate_is_per_replica(digits):
+    with runner.choose_strategy("mirrored").scope():
+        model = gan.build_gan("dcgan", filters=8)
+        model.compile()
+    for optimizer in (model.d_optimizer, model.g_optimizer):
+        assert optimizer.get_config()["learning_rate"] == pytest.approx(2 * gan.LEARNING_RATE)
 
 
 def test_noise_changes_with_step_and_stream(digits):
@@ -266,26 +291,36 @@ def test_evaluator_trained_on_other_data_is_refused(tmp_path, cgan_run, trained_
 # --- resume -----------------------------------------------------------------------------------
 
 
-def test_interrupted_training_resumes_from_its_backup(trained_run, tmp_path, monkeypatch, capsys):
+def test_training_killed_mid_epoch_resumes_exactly(trained_run, tmp_path, monkeypatch, capsys):
+    def train(run_dir):
+        return gan.train(model_name="dcgan", epochs=2, filters=8, run_dir=run_dir,
+                         evaluator=trained_run, verbose=0, backup_every=1)
+
+    uninterrupted = train(tmp_path / "whole")
+    saved = backup.StepBackup.save
+
+    def killed_after_a_mid_epoch_backup(self, position):
+        saved(self, position)
+        if position.epoch == 1 and position.batch > 0:
+            raise KeyboardInterrupt  # as a kill would, right after the backup was written
+
+    monkeypatch.setattr(backup.StepBackup, "save", killed_after_a_mid_epoch_backup)
     run_dir = tmp_path / "run"
-    saved = gan.EpochSamples.on_epoch_end
-
-    def crash_after_second_epoch(self, epoch, logs=None):
-        saved(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt  # as a user's Ctrl-C would, after the epoch's files
-
-    monkeypatch.setattr(gan.EpochSamples, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        gan.train(model_name="dcgan", epochs=3, filters=8, run_dir=run_dir,
-                  evaluator=trained_run, verbose=0)
-    assert runner.resumable_epoch(run_dir) == 1  # epoch 0 backed up; epoch 1 interrupted
-    monkeypatch.setattr(gan.EpochSamples, "on_epoch_end", saved)
-    gan.train(model_name="dcgan", epochs=3, filters=8, run_dir=run_dir, evaluator=trained_run,
-              verbose=0)
-    assert "from its backup after epoch 1" in capsys.readouterr().out
-    assert [int(e) for e in runner.read_history(run_dir)["epoch"]] == [0, 1, 2]
-    assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 3
+        train(run_dir)
+    position = backup.latest_position(runner.backup_dir(run_dir))
+    # 19 steps an epoch, 8 per call into the graph: the backup after epoch 2's first call
+    assert position == backup.Position(epoch=1, batch=8, step=27), position
+    monkeypatch.setattr(backup.StepBackup, "save", saved)
+    resumed = train(run_dir)
+    assert "epoch 2, 8 batches in, step 27" in capsys.readouterr().out
+    # The same run as one never killed: steps, history, weights.
+    assert resumed["steps"] == uninterrupted["steps"] == 2 * 19
+    assert (run_dir / "history.csv").read_text() == (tmp_path / "whole/history.csv").read_text()
+    weights = [gan.load_generator(d)[0].get_weights() for d in (tmp_path / "whole", run_dir)]
+    for one, two in zip(*weights):
+        np.testing.assert_array_equal(one, two)
+    assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 2
     assert not (run_dir / "backup").exists()  # finished: the backup is gone
 
 
