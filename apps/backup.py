@@ -194,6 +194,8 @@ class StepBackup(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         done = self._skipped + batch + 1
+        if done >= self.steps_per_epoch:
+            return  # the epoch-end backup follows, after validation and the history row
         step = self._epoch * self.steps_per_epoch + done
         due_by_steps = self.every_steps and step - self._last_saved_step >= self.every_steps
         due_by_time = time.monotonic() - self._last_saved_time >= self.every_seconds

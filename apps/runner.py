@@ -134,7 +134,7 @@ def worker_run_dir(run_dir: Path, strategy) -> Path:
     if is_chief(strategy):
         return run_dir
     resolver = strategy.cluster_resolver
-    scratch = Path(tempfile.gettempdir()) / "deep-architectures" / run_dir
+    scratch = Path(tempfile.gettempdir(), "deep-architectures", *run_dir.resolve().parts[1:])
     return scratch / f"{resolver.task_type}-{resolver.task_id}"
 
 
