@@ -230,3 +230,12 @@ def test_learning_rates_are_stated_per_replica_and_scaled_with_the_replicas():
         model = digit_ocr.compile_model(digit_ocr.build_model("lenet5"), steps=100)
     schedule = model.optimizer._learning_rate  # the cosine decay, before its first step
     assert float(schedule(0)) == pytest.approx(2 * digit_ocr.LEARNING_RATE)
+
+
+def test_jit_and_mixed_precision_do_not_break_a_cpu_run(tmp_path, capsys):
+    digit_ocr.main(["train", "--epochs", "2", "--jit", "--mixed-precision", "--verbose", "0",
+                    "--run-dir", str(tmp_path)])
+    assert "--mixed-precision needs a GPU" in capsys.readouterr().err
+    assert keras.mixed_precision.global_policy().name == "float32"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.5 and metrics["steps"] == 2 * 20  # chance is 0.1
