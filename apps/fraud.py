@@ -60,6 +60,7 @@ SYNTHETIC_ROWS = 30_000
 EPOCHS = 20
 BATCH_SIZE = 256  # per replica, at most: see auto_batch_size
 MIN_STEPS_PER_EPOCH = 20  # small data sets get smaller batches rather than 2 steps an epoch
+# Learning rates are per replica: N replicas train at N times these (runner.scaled_learning_rate).
 LEARNING_RATE = 1e-3  # Adam, autoencoder and VAE
 # Capacity: an autoencoder that can rebuild everything rebuilds frauds too. On the synthetic
 # transactions (7 features) a 64-unit, 3-code network peaked after 3 epochs and then fell to
@@ -185,12 +186,22 @@ class AnomalyDetector(keras.Model):
                 "mean": self.mean, "variance": self.variance, "seed": self.seed}
 
 
-def step_seed(model: keras.Model):
-    """A fresh stateless random stream per training step and replica (a SeedGenerator gives
-    every replica the same numbers; an int seed inside tf.function repeats every step)."""
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    return tf.stack([tf.cast(model.optimizer.iterations, tf.int32) + model.seed,
-                     tf.cast(replica, tf.int32)])
+def replica_normal(model: keras.Model, shape):
+    """N(0, 1) noise of `shape` for this replica's rows of the global batch: the numbers one
+    device draws for the same rows.
+
+    A fresh stateless stream per training step (an int seed inside tf.function repeats every
+    step; a SeedGenerator gives every replica the same numbers). Every replica draws the noise
+    of the whole global batch and keeps its own slice, so an example's noise depends on its
+    place in the global batch, not on which device holds it (replicas of equal shares; a short
+    last batch split unevenly draws other, equally valid, numbers)."""
+    context = tf.distribute.get_replica_context()
+    replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
+    rows = shape[0]
+    seed = tf.stack([tf.constant(model.seed, tf.int64),
+                     tf.cast(model.optimizer.iterations, tf.int64)])
+    everyone = tf.random.stateless_normal(tf.concat([[rows * replicas], shape[1:]], 0), seed=seed)
+    return everyone[replica * rows : (replica + 1) * rows]
 
 
 @keras.saving.register_keras_serializable(package=APP)
@@ -284,7 +295,7 @@ class VariationalAutoencoder(AnomalyDetector):
         z = self.standardize(rows)
         with tf.GradientTape() as tape:
             code_mean, code_log_variance = self.encode(z)
-            epsilon = tf.random.stateless_normal(tf.shape(code_mean), seed=step_seed(self))
+            epsilon = replica_normal(self, tf.shape(code_mean))
             code = code_mean + ops.exp(0.5 * code_log_variance) * epsilon  # reparameterised
             reconstruction = self.negative_log_likelihood(z, code)
             kl = self.kl_divergence(code_mean, code_log_variance)
@@ -495,42 +506,59 @@ def has_both_classes(table: tabular.Table) -> bool:
 
 def fit_detector(detector: AnomalyDetector, model_name: str, splits: tabular.Splits,
                  run_dir: Path, epochs: int, global_batch: int, seed: int, resumed: bool,
-                 verbose) -> None:
-    """Trains on the training normals. The best epoch: the highest validation PR-AUC when the
-    validation split holds anomalies, else the lowest validation loss (of the normals)."""
+                 verbose, jit: bool = False, backup_every: int | None = None) -> int:
+    """Trains on the training normals; returns the number of steps. The best epoch: the
+    highest validation PR-AUC when the validation split holds anomalies, else the lowest
+    validation loss (of the normals). Call it in the strategy's scope."""
     train_rows = splits.train.normals().features
     validation_rows = splits.validation.normals().features
     if model_name == "rbm":
         # The RBM trainer sees standardised rows; the detector standardises inside.
         train_rows, validation_rows = (detector.standardize(rows).numpy()
                                        for rows in (train_rows, validation_rows))
-    train = tabular.batches(train_rows, global_batch, shuffle=True, seed=seed)
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
+        return tabular.batches(train_rows, global_batch, shuffle=True, seed=seed + epoch)
+
+    steps_per_epoch = -(-len(train_rows) // global_batch)
     validation = tabular.batches(validation_rows, global_batch)
     labelled = has_both_classes(splits.validation)
+    fit_options = {"steps_per_epoch": steps_per_epoch, "validation_data": validation,
+                   "backup_every": backup_every, "jit": jit, "verbose": verbose}
     if model_name == "rbm":
-        fit_rbm(detector, train, validation, splits.validation if labelled else None, run_dir,
-                epochs, resumed, verbose)
-        return
+        return fit_rbm(detector, epoch_batches, splits.validation if labelled else None,
+                       run_dir, epochs, resumed, fit_options)
     monitor = ([ValidationDetection(detector, splits.validation)], "val_pr_auc", "max") \
         if labelled else ([], "val_loss", "min")
-    detector.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
-    detector.fit(train, validation_data=validation, epochs=epochs, verbose=verbose,
-                 shuffle=False,  # the tf.data pipeline shuffles
-                 callbacks=monitor[0] + runner.training_callbacks(
-                     run_dir, monitor=monitor[1], resumed=resumed, mode=monitor[2]))
+    strategy = tf.distribute.get_strategy()
+    detector.compile(optimizer=keras.optimizers.Adam(
+        runner.scaled_learning_rate(LEARNING_RATE, strategy)))
+    return runner.fit(detector, epoch_batches, epochs, run_dir, **fit_options,
+                      callbacks=monitor[0] + runner.training_callbacks(
+                          run_dir, monitor=monitor[1], resumed=resumed, mode=monitor[2]))
 
 
-def fit_rbm(detector: RBMDetector, train, validation, labelled: tabular.Table | None,
-            run_dir: Path, epochs: int, resumed: bool, verbose) -> None:
-    """CD-k on standardised rows. Without labelled validation rows the last epoch is kept:
-    free energies of different epochs differ by the unknown log partition function, so their
-    values cannot pick an epoch (their ranking of rows can)."""
+def build_rbm_trainer(detector: RBMDetector, learning_rate: float | None = None):
+    """CD-k for the detector's RBM, with its optimizer (by default at RBM_LEARNING_RATE scaled
+    to the strategy's replicas); call it in the strategy's scope."""
     from layers.rbm import RBMTrainer
 
     trainer = RBMTrainer(detector.rbm, k=RBM_CD_STEPS, seed=detector.seed)
-    trainer.build((None, detector.n_features))  # BackupAndRestore needs a built model
+    trainer.build((None, detector.n_features))  # the backup restores into built variables
+    if learning_rate is None:
+        learning_rate = runner.scaled_learning_rate(RBM_LEARNING_RATE,
+                                                    tf.distribute.get_strategy())
     trainer.compile(optimizer=keras.optimizers.SGD(
-        RBM_LEARNING_RATE, momentum=RBM_MOMENTUM, weight_decay=RBM_WEIGHT_DECAY))
+        learning_rate, momentum=RBM_MOMENTUM, weight_decay=RBM_WEIGHT_DECAY))
+    return trainer
+
+
+def fit_rbm(detector: RBMDetector, epoch_batches, labelled: tabular.Table | None,
+            run_dir: Path, epochs: int, resumed: bool, fit_options: dict) -> int:
+    """CD-k on standardised rows. Without labelled validation rows the last epoch is kept:
+    free energies of different epochs differ by the unknown log partition function, so their
+    values cannot pick an epoch (their ranking of rows can)."""
+    trainer = build_rbm_trainer(detector)
     checkpoint = run_dir / "best.keras"
     selection = []
     if labelled is not None:
@@ -538,17 +566,14 @@ def fit_rbm(detector: RBMDetector, train, validation, labelled: tabular.Table | 
             run_dir / "history.csv").is_file() else {}
         best = max(history["val_pr_auc"]) if history.get("val_pr_auc") else None
         selection = [ValidationDetection(detector, labelled, save_to=checkpoint, best=best)]
-    trainer.fit(
-        train, validation_data=validation, epochs=epochs, verbose=verbose, shuffle=False,
-        callbacks=selection + [
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resumed),
-            keras.callbacks.TensorBoard(str(run_dir / "logs")),
-            keras.callbacks.BackupAndRestore(str(runner.backup_dir(run_dir)),
-                                             double_checkpoint=True),
-        ],
-    )
+    steps = runner.fit(trainer, epoch_batches, epochs, run_dir, **fit_options, callbacks=[
+        *selection,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs")),
+    ])
     if labelled is None:
         detector.save(checkpoint)
+    return steps
 
 
 def train(
@@ -563,22 +588,22 @@ def train(
     rows: int = SYNTHETIC_ROWS,
     seed: int = SEED,
     verbose: int | str = "auto",
+    jit: bool = False,
+    backup_every: int | None = None,
 ) -> dict:
     """Trains `model_name` on the normal rows of `data`'s training split, chooses the threshold
     on validation, reports on test. Returns the test figures."""
-    run_dir = Path(run_dir or default_run_dir(model_name))
     keras.utils.set_random_seed(seed)
     run = {"app": APP, "model": model_name, "data": data, "label_option": label,
            "time_option": time_column, "rows": rows, "data_seed": 0}
     splits = load_data(run)
     schema = splits.train.schema
     strategy = runner.choose_strategy(strategy_name)
+    run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(model_name)), strategy)
     batch_size = batch_size or auto_batch_size(len(splits.train.normals()), model_name)
     global_batch = batch_size * strategy.num_replicas_in_sync
 
-    resumed_after = runner.start_run(run_dir)
-    if resumed_after is not None:
-        print(f"Resuming {run_dir} from its backup after epoch {resumed_after}")
+    resumed = runner.start_run(run_dir)
     run.update({"source": splits.train.name, "schema": schema.to_json(), "split": splits.by,
                 "epochs": epochs, "batch_size": batch_size, "seed": seed,
                 "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
@@ -588,8 +613,8 @@ def train(
     started = time.perf_counter()
     with strategy.scope():
         detector = build_for(model_name, schema, splits.train.normals().features, seed)
-        fit_detector(detector, model_name, splits, run_dir, epochs, global_batch, seed,
-                     resumed_after is not None, verbose)
+        steps = fit_detector(detector, model_name, splits, run_dir, epochs, global_batch, seed,
+                             resumed is not None, verbose, jit, backup_every)
     run["train_seconds"] = time.perf_counter() - started
     runner.plot_history(run_dir)
 
@@ -602,12 +627,12 @@ def train(
     if splits.test.labels is None:  # nothing to measure against: how much gets flagged
         flagged = float((score(best, splits.test.features) > run["threshold"]).mean())
         metrics = {"model": model_name, "data": data, "rows": len(splits.test),
-                   "flag_rate": flagged}
+                   "flag_rate": flagged, "steps": steps}
         runner.write_json(run_dir / "metrics.json", metrics)
         print(f"{APP} {model_name} on {splits.train.name} (no labels): {flagged:.2%} of the"
               f" test rows flagged at threshold {run['threshold']:.4g}; run directory {run_dir}")
         return metrics
-    metrics = held_out_metrics(best, splits, run, run_dir)
+    metrics = held_out_metrics(best, splits, run, run_dir) | {"steps": steps}
     runner.write_json(run_dir / "metrics.json", metrics)
     print(f"{APP} {model_name} on {splits.train.name}: test ROC-AUC {fmt(metrics['roc_auc'])},"
           f" PR-AUC {fmt(metrics['pr_auc'])} (anomaly rate {metrics['anomaly_rate']:.4f}),"
@@ -1010,9 +1035,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.command == "train":
-        runner.split_cpu(args.devices)
+        runner.configure(args)
         options = {"label": args.label, "time_column": args.time_column, "rows": args.rows,
-                   "seed": args.seed, "verbose": args.verbose}
+                   "seed": args.seed, "verbose": args.verbose, "jit": args.jit,
+                   "backup_every": args.backup_every}
         if args.compare:
             compare(args.data, args.epochs, args.batch_size, args.strategy,
                     args.run_dir, **options)

@@ -120,24 +120,93 @@ def test_compare_trains_every_model_on_one_split_and_prints_one_table(tmp_path, 
     assert "PR-AUC" in out and all(m in out.split("Test split")[-1] for m in fraud.MODELS)
 
 
-def test_mirrored_autoencoder_step_matches_one_device(splits):
-    rows = splits.train.normals().features[:128]
-    batch = tf.data.Dataset.from_tensors(rows)
+class StepLogs(keras.callbacks.Callback):
+    """The logs after each training step (running means of the epoch's metrics)."""
 
-    def first_step(strategy):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append({name: float(value) for name, value in logs.items()})
+
+
+@pytest.mark.parametrize("model_name", fraud.MODELS)
+def test_mirrored_first_three_steps_match_one_device(model_name, splits):
+    rows = splits.train.normals().features[:3 * 128]
+
+    def three_steps(strategy):
         keras.utils.set_random_seed(5)
         with strategy.scope():
-            model = fraud.build_for("autoencoder", splits.train.schema, rows)
-            model.compile(optimizer=keras.optimizers.Adam(fraud.LEARNING_RATE))
-        loss = model.fit(batch, verbose=0).history["loss"][0]
-        return loss, [w.numpy() for w in model.weights]
+            # As fraud.train builds and compiles them, with one explicit learning rate on both
+            # sides (train() scales it with the replicas).
+            detector = fraud.build_for(model_name, splits.train.schema, rows)
+            if model_name == "rbm":
+                model = fraud.build_rbm_trainer(detector, learning_rate=fraud.RBM_LEARNING_RATE)
+                data = detector.standardize(rows).numpy()  # what fit_detector feeds it
+            else:
+                model, data = detector, rows
+                model.compile(optimizer=keras.optimizers.Adam(fraud.LEARNING_RATE))
+        logs = StepLogs()
+        model.fit(tabular.batches(data, 128), verbose=0, callbacks=[logs])  # 3 global batches
+        return logs.steps, [w.numpy() for w in model.weights]
 
     mirrored = runner.choose_strategy("mirrored")  # one per process: see runner
-    single_loss, single_weights = first_step(tf.distribute.get_strategy())
-    mirrored_loss, mirrored_weights = first_step(mirrored)
-    assert mirrored_loss == pytest.approx(single_loss, rel=1e-5)
-    for single, replicated in zip(single_weights, mirrored_weights):
-        np.testing.assert_allclose(single, replicated, atol=1e-5)
+    single, single_weights = three_steps(tf.distribute.get_strategy())
+    replicated, mirrored_weights = three_steps(mirrored)
+    # Steps 2 and 3 start from updated weights and optimizer state (and, for the VAE and the
+    # RBM, draw new noise: each replica must slice the global batch's numbers).
+    assert len(single) == len(replicated) == 3
+    for step, (one, two) in enumerate(zip(single, replicated)):
+        assert one.keys() == two.keys()
+        for name in one:
+            assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), (step, name)
+    for one, two in zip(single_weights, mirrored_weights):
+        np.testing.assert_allclose(one, two, atol=1e-5)
+
+
+def test_learning_rates_are_per_replica(splits):
+    rows = splits.train.normals().features[:256]
+    with runner.choose_strategy("mirrored").scope():
+        trainer = fraud.build_rbm_trainer(fraud.build_for("rbm", splits.train.schema, rows))
+    assert trainer.optimizer.get_config()["learning_rate"] == \
+        pytest.approx(2 * fraud.RBM_LEARNING_RATE)
+
+
+def test_training_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys):
+    from apps import backup
+
+    def train(run_dir):
+        return fraud.train(model_name="vae", epochs=2, rows=4_000, run_dir=run_dir, verbose=0,
+                           backup_every=1)
+
+    uninterrupted = train(tmp_path / "whole")
+    saved = backup.StepBackup.save
+
+    def killed_after_a_mid_epoch_backup(self, position):
+        saved(self, position)
+        if position.epoch == 1 and position.batch == 5:
+            raise KeyboardInterrupt  # as a kill would, right after the backup was written
+
+    monkeypatch.setattr(backup.StepBackup, "save", killed_after_a_mid_epoch_backup)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(run_dir)
+    steps_per_epoch = uninterrupted["steps"] // 2
+    assert backup.latest_position(runner.backup_dir(run_dir)) == \
+        backup.Position(epoch=1, batch=5, step=steps_per_epoch + 5)
+    monkeypatch.setattr(backup.StepBackup, "save", saved)
+    resumed = train(run_dir)
+    assert f"epoch 2, 5 batches in, step {steps_per_epoch + 5}" in capsys.readouterr().out
+    # The same run as one never killed: steps, history (the VAE's sampled loss included),
+    # weights, figures.
+    assert resumed["steps"] == uninterrupted["steps"] == 2 * steps_per_epoch
+    assert (run_dir / "history.csv").read_text() == (tmp_path / "whole/history.csv").read_text()
+    weights = [fraud.load_detector(d).get_weights() for d in (tmp_path / "whole", run_dir)]
+    for one, two in zip(*weights):
+        np.testing.assert_array_equal(one, two)
+    assert resumed["pr_auc"] == uninterrupted["pr_auc"]
+    assert not (run_dir / "backup").exists()
 
 
 # --- export -----------------------------------------------------------------------------------
