@@ -198,6 +198,20 @@ def training_callbacks(run_dir: Path, monitor: str = "val_accuracy", resumed: bo
     ]
 
 
+def agree_on_position(strategy, position: backup.Position) -> None:
+    """Workers of a multi-worker run each restore their own newest backup; they must continue
+    from the same step (a worker whose scratch space was wiped would start over alone)."""
+    import tensorflow as tf
+
+    if not getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+        return
+    steps = strategy.run(lambda: tf.constant(float(position.step)))
+    if float(strategy.reduce("MEAN", steps, axis=None)) != position.step:
+        raise UsageError(f"the workers resumed from different backups (this one from step "
+                         f"{position.step}); delete the backup directories on every worker to "
+                         "start afresh")
+
+
 def fit(model, epoch_batches, epochs: int, run_dir: Path, *, steps_per_epoch: int,
         validation_data=None, callbacks=(), backup_every: int | None = None, jit: bool = False,
         verbose="auto") -> int:
@@ -218,6 +232,7 @@ def fit(model, epoch_batches, epochs: int, run_dir: Path, *, steps_per_epoch: in
             start = backups.restore(model) or backup.Position(0, 0, 0)
         except ValueError as error:
             raise UsageError(f"{error}; delete {backup_dir(run_dir)} to start afresh") from None
+    agree_on_position(model.distribute_strategy, start)
     if jit:
         model.jit_compile = True
 
