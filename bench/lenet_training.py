@@ -57,16 +57,25 @@ def load_data():
 
 
 def keras_pipeline(dataset, test, epochs, batch_size, seed) -> tuple[float, float]:
-    """(a) What `python -m apps.digit_ocr train` does: our tf.data pipeline and compile."""
-    from apps import digit_ocr
+    """(a) What `python -m apps.digit_ocr train` does: our tf.data pipeline, compile and
+    `runner.fit` (one Keras fit per epoch, step-level backups for exact resume)."""
+    import tempfile
+    from pathlib import Path
+
+    from apps import digit_ocr, runner
     from pipelines import images
 
     keras.utils.set_random_seed(seed)
-    train = images.batches(dataset.train, batch_size, shuffle=True, seed=seed)
-    steps = int(train.cardinality())
+
+    def epoch_batches(epoch):
+        return images.batches(dataset.train, batch_size, shuffle=True, seed=seed + epoch)
+
+    steps = int(epoch_batches(0).cardinality())
     model = digit_ocr.compile_model(digit_ocr.build_model("lenet5"), steps=epochs * steps)
     timer = EpochTimer()
-    model.fit(train, epochs=epochs, callbacks=[timer], shuffle=False, verbose=0)
+    with tempfile.TemporaryDirectory() as run_dir:
+        runner.fit(model, epoch_batches, epochs, Path(run_dir), steps_per_epoch=steps,
+                   callbacks=[timer], verbose=0)
     accuracy = float((model.predict(test[0], verbose=0).argmax(1) == test[1]).mean())
     return images_per_second(timer.seconds, int(dataset.train.cardinality())), accuracy
 
