@@ -161,8 +161,26 @@ def test_mirrored_first_three_steps_match_one_device(model_name, splits):
         assert one.keys() == two.keys()
         for name in one:
             assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), (step, name)
-    for one, two in zip(single_weights, mirrored_weights):
-        np.testing.assert_allclose(one, two, atol=1e-5)
+    if model_name == "rbm":  # SGD: the update is proportional to the gradient
+        for one, two in zip(single_weights, mirrored_weights):
+            np.testing.assert_allclose(one, two, atol=1e-5)
+    else:
+        assert_same_adam_weights(single_weights, mirrored_weights, steps=3,
+                                 learning_rate=fraud.LEARNING_RATE)
+
+
+def assert_same_adam_weights(expected, actual, steps, learning_rate, atol=1e-5):
+    """Weights after `steps` Adam steps agree to `atol`, but for a few (0.1% of a tensor, or 1).
+
+    Adam divides a gradient by its own running magnitude, so an element whose gradient is about
+    0 moves by about +-learning_rate whatever its size: float rounding, which differs between
+    one device's sums and the replicas' all-reduce, can flip that sign. Such an element is off
+    by at most 2 * learning_rate a step.
+    """
+    for one, two in zip(expected, actual):
+        off = np.abs(one - two)
+        assert (off > atol).sum() <= max(1, 1e-3 * off.size), (one.shape, (off > atol).sum())
+        assert off.max() <= 2 * steps * learning_rate * 1.01, off.max()
 
 
 def test_learning_rates_are_per_replica(splits):
