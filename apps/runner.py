@@ -224,6 +224,7 @@ def fit(model, epoch_batches, epochs: int, run_dir: Path, *, steps_per_epoch: in
     ones already trained on are skipped. A finished run deletes its backup.
     """
     import keras
+    import tensorflow as tf
 
     backups = backup.StepBackup(backup_dir(run_dir), every_steps=backup_every)
     backups.steps_per_epoch = steps_per_epoch
@@ -233,7 +234,12 @@ def fit(model, epoch_batches, epochs: int, run_dir: Path, *, steps_per_epoch: in
         except ValueError as error:
             raise UsageError(f"{error}; delete {backup_dir(run_dir)} to start afresh") from None
     agree_on_position(model.distribute_strategy, start)
-    if jit:
+    if jit and model.distribute_strategy.num_replicas_in_sync > 1 and not (
+            tf.config.list_logical_devices("GPU")):
+        # XLA cannot reach another logical CPU's variables ("Trying to access resource ...
+        # located in device CPU:1 from device CPU:0"); mirroring over CPUs is for trying out.
+        print("note: --jit is ignored when mirroring over logical CPUs", file=sys.stderr)
+    elif jit:
         model.jit_compile = True
 
     class OneEpoch(keras.callbacks.Callback):
