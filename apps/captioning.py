@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
-from apps.translation import MaskedAccuracy, MaskedCrossEntropy
+from apps.translation import GlobalClipAdam, MaskedAccuracy, MaskedCrossEntropy
 from layers.attention import AttentionDecoder
 from layers.beam_search import NEG_INF, beam_search, tile_beams
 from pipelines import DataError, shape_scenes
@@ -65,6 +65,9 @@ WARMUP_SHARE = 0.05
 CLIP_NORM = 1.0
 FILTERS = (32, 64, 96)  # the CNN's stages, each halving the grid: 48 -> 24 -> 12 -> 6
 BN_MOMENTUM = 0.9  # short schedules: the default 0.99 leaves the moving statistics stale
+# Batch statistics of the whole global batch under MirroredStrategy, not of each replica's slice:
+# N replicas then train exactly as one device would (one small all-reduce per layer and step).
+BN_SYNCHRONIZED = True
 EMBEDDING_DIM = 64
 UNITS = 192
 DECODERS = ("attention", "show-and-tell")
@@ -133,8 +136,8 @@ def batches(images: np.ndarray, index: list[int], ids: np.ndarray, batch_size: i
     """((image uint8 [b, H, W, 3], caption_in [b, T]), caption_out [b, T]), teacher forcing."""
     count = len(index) - len(index) % multiple_of if len(index) >= multiple_of else len(index)
     data = tf.data.Dataset.from_tensor_slices((np.asarray(index[:count], np.int32), ids[:count]))
-    if shuffle:
-        data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if shuffle:  # `train` builds each epoch's pipeline afresh, with its own seed
+        data = data.shuffle(count, seed=seed, reshuffle_each_iteration=False)
     table = tf.constant(images)
     # `count` and the batch are multiples of the replicas, so every batch splits evenly (Keras
     # 3.15 under MirroredStrategy fails on one that does not).
@@ -170,12 +173,16 @@ class ImageEncoder(layers.Layer):
                 input_shape=(image_size, image_size, 3))
             self.cnn.trainable = False  # a pre-trained backbone stays as it is
         else:
+            def norm():
+                return layers.BatchNormalization(momentum=BN_MOMENTUM,
+                                                 synchronized=BN_SYNCHRONIZED)
+
             self.cnn = keras.Sequential(
                 [layer for f in self.filters for layer in (
                     layers.Conv2D(f, 3, strides=2, padding="same", use_bias=False),
-                    layers.BatchNormalization(momentum=BN_MOMENTUM), layers.ReLU(),
+                    norm(), layers.ReLU(),
                     layers.Conv2D(f, 3, padding="same", use_bias=False),
-                    layers.BatchNormalization(momentum=BN_MOMENTUM), layers.ReLU())],
+                    norm(), layers.ReLU())],
                 name="cnn")
         self.project = layers.Dense(units, activation="relu", name="regions")
         self.bridges = [layers.Dense(units, activation="tanh", name=f"bridge_{i}")
@@ -265,10 +272,13 @@ def build_model(vocab_size: int, decoder: str = DECODER, image_size: int = IMAGE
 
 
 def compile_model(model: keras.Model, steps: int, learning_rate: float = LEARNING_RATE):
+    """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate for
+    the global batch (`train` scales the per-replica rate). The loss and the clipping see the
+    whole global batch under MirroredStrategy (see `apps.translation`)."""
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=max(steps, 1), warmup_target=learning_rate,
         warmup_steps=max(int(WARMUP_SHARE * steps), 1))
-    model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=CLIP_NORM),
+    model.compile(optimizer=GlobalClipAdam(schedule, global_clipnorm=CLIP_NORM),
                   loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
     return model
 
@@ -396,12 +406,14 @@ def train(data: str = DEFAULT_DATA, epochs: int = EPOCHS, batch_size: int = BATC
           learning_rate: float = LEARNING_RATE, backbone: str | None = None,
           backbone_weights: str | None = None, strategy_name: str = "auto",
           run_dir: Path | None = None, seed: int = SEED, verbose: int | str = "auto",
-          evaluate_after: bool = True) -> dict:
+          evaluate_after: bool = True, jit: bool = False,
+          backup_every: int | None = None) -> dict:
     """Trains on the training split, keeps the epoch with the best validation token accuracy,
-    reports BLEU-1..4 on the held-out split. `objects` fixes the scenes' object count."""
+    reports BLEU-1..4 on the held-out split. `objects` fixes the scenes' object count;
+    `learning_rate` is the peak rate for one replica's batch (scaled with the replicas). A
+    re-run of a killed run resumes exactly from its newest backup (`runner.fit`)."""
     if backbone_weights and not Path(backbone_weights).is_file():
         raise DataError(f"{backbone_weights}: no such weights file (--encoder-weights)")
-    run_dir = Path(run_dir or default_run_dir(data, decoder))
     keras.utils.set_random_seed(seed)
     dataset = load_data(data, scenes, objects)
     if not len(dataset.train) or not len(dataset.validation) or not len(dataset.test):
@@ -417,10 +429,17 @@ def train(data: str = DEFAULT_DATA, epochs: int = EPOCHS, batch_size: int = BATC
     val_images = cp.image_array(dataset.validation.images, image_size)
 
     strategy = runner.choose_strategy(strategy_name)
+    run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(data, decoder)), strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = batch_size * replicas
-    steps = epochs * max(len(train_index) // global_batch, 1)
-    resumed_after = runner.start_run(run_dir)
+    train_ids = caption_ids(tokenizer, train_captions, length)
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
+        return batches(train_images, train_index, train_ids, global_batch, shuffle=True,
+                       seed=seed + epoch, multiple_of=replicas)
+
+    steps_per_epoch = int(epoch_batches(0).cardinality())
+    resumed = runner.start_run(run_dir)
     tp.write_vocabulary(run_dir / "vocab.txt", tokenizer.vocabulary)
     run = {"app": APP, "data": data, "scenes": scenes, "objects": objects,
            "dataset": dataset.name, "image_size": image_size, "max_length": length + 1,
@@ -428,27 +447,29 @@ def train(data: str = DEFAULT_DATA, epochs: int = EPOCHS, batch_size: int = BATC
                      "backbone": backbone},
            "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
            "seed": seed, "replicas": replicas, "train_images": len(dataset.train),
-           "train_captions": len(train_index)}
+           "train_captions": len(train_index),
+           "global_learning_rate": runner.scaled_learning_rate(learning_rate, strategy)}
     runner.write_json(run_dir / "run.json", run)
     with strategy.scope():
         model = build_model(tokenizer.size, decoder, image_size, embedding_dim, units,
                             backbone=backbone, backbone_weights=backbone_weights)
-        compile_model(model, steps, learning_rate)
+        compile_model(model, epochs * steps_per_epoch,
+                      runner.scaled_learning_rate(learning_rate, strategy))
     started = time.perf_counter()
-    model.fit(
-        batches(train_images, train_index, caption_ids(tokenizer, train_captions, length),
-                global_batch, shuffle=True, seed=seed, multiple_of=replicas),
+    steps = runner.fit(
+        model, epoch_batches, epochs, run_dir, steps_per_epoch=steps_per_epoch,
         validation_data=batches(val_images, val_index,
                                 caption_ids(tokenizer, val_captions, length), global_batch,
                                 multiple_of=replicas),
-        epochs=epochs, verbose=verbose, shuffle=False,
         callbacks=runner.training_callbacks(run_dir, monitor="val_masked_accuracy",
-                                            resumed=resumed_after is not None))
+                                            resumed=resumed is not None),
+        backup_every=backup_every, jit=jit, verbose=verbose)
     seconds = time.perf_counter() - started
     runner.plot_history(run_dir)
-    LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
-    LAST_RUN.write_text(f"{run_dir.resolve()}\n")
-    metrics = {"training_seconds": round(seconds, 1), "epochs": epochs,
+    if runner.is_chief(strategy):  # another worker's run directory is scratch
+        LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
+        LAST_RUN.write_text(f"{run_dir.resolve()}\n")
+    metrics = {"training_seconds": round(seconds, 1), "epochs": epochs, "steps": steps,
                "train_images": len(dataset.train)}
     if evaluate_after:
         metrics.update(held_out_metrics(load_captioner(run_dir), dataset, run_dir))
@@ -761,12 +782,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.command == "train":
-        runner.split_cpu(args.devices)
+        runner.configure(args)
         train(args.data, args.epochs, args.batch_size, args.decoder, args.scenes, args.objects,
               args.image_size, args.units, learning_rate=args.learning_rate,
               backbone=args.encoder, backbone_weights=args.encoder_weights,
               strategy_name=args.strategy, run_dir=args.run_dir, seed=args.seed,
-              verbose=args.verbose)
+              verbose=args.verbose, jit=args.jit, backup_every=args.backup_every)
     elif args.command == "evaluate":
         evaluate(args.run_dir, args.beam_width, args.alpha)
     elif args.command == "caption":

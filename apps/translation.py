@@ -192,6 +192,14 @@ def build_model(source_vocab: int, target_vocab: int, embedding_dim: int = EMBED
     return keras.Model([source, target_in], logits, name=f"{cell}_{attention}_translator")
 
 
+def sum_over_replicas(value):
+    """`value` summed over the replicas that run this step together (itself on one device)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
 @keras.saving.register_keras_serializable(package=APP)
 class MaskedCrossEntropy(keras.losses.Loss):
     """Mean cross-entropy over the real (non-padding) target tokens of a batch, with optional
@@ -208,7 +216,10 @@ class MaskedCrossEntropy(keras.losses.Loss):
         if self.label_smoothing:
             uniform = -ops.mean(log_probs, axis=-1)
             nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
-        return ops.sum(nll * mask) / ops.maximum(ops.sum(mask), 1.0)
+        # Under MirroredStrategy each replica holds a slice of the batch, with its own number of
+        # real tokens, and the optimizer sums the replicas' gradients: dividing by the whole
+        # batch's token count makes that sum the gradient of the batch's mean, as on one device.
+        return ops.sum(nll * mask) / ops.maximum(sum_over_replicas(ops.sum(mask)), 1.0)
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
@@ -240,14 +251,38 @@ class MaskedAccuracy(keras.metrics.Metric):
         self.total.assign(0.0)
 
 
+@keras.saving.register_keras_serializable(package=APP)
+class GlobalClipAdam(keras.optimizers.Adam):
+    """Adam whose `global_clipnorm` measures the gradient of the whole global batch.
+
+    Under MirroredStrategy, Keras 3.15 clips each replica's gradient before it sums them
+    (`_clip_gradients` runs before the all-reduce in `apply`): two replicas would clip two
+    half-batch gradients, a different update from one device's. Here the replicas first sum
+    their gradients to measure the norm (one all-reduce more per step), then each scales its
+    own share by the same factor, so the sum is the clipped gradient of the global batch."""
+
+    def _clip_gradients(self, grads):
+        context = tf.distribute.get_replica_context()
+        if (not self.global_clipnorm or context is None
+                or context.num_replicas_in_sync == 1):
+            return super()._clip_gradients(grads)
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                   [g for g in grads if g is not None])
+        norm = tf.linalg.global_norm(total)
+        scale = self.global_clipnorm * tf.minimum(1.0 / norm, 1.0 / self.global_clipnorm)
+        return [None if g is None else g * scale for g in grads]
+
+
 def compile_model(model: keras.Model, steps: int, label_smoothing: float = LABEL_SMOOTHING,
                   learning_rate: float = LEARNING_RATE) -> keras.Model:
+    """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate
+    for the global batch (`train` scales the per-replica rate with the replicas)."""
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=max(steps, 1), warmup_target=learning_rate,
         warmup_steps=max(int(WARMUP_SHARE * steps), 1),
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule, global_clipnorm=CLIP_NORM),
+        optimizer=GlobalClipAdam(schedule, global_clipnorm=CLIP_NORM),
         loss=MaskedCrossEntropy(label_smoothing),
         metrics=[MaskedAccuracy()],
         jit_compile=False,  # every bucket has its own shapes: XLA would recompile for each
@@ -405,11 +440,14 @@ def train(
     seed: int = SEED,
     verbose: int | str = "auto",
     evaluate_after: bool = True,
+    jit: bool = False,
+    backup_every: int | None = None,
 ) -> dict:
     """Trains on the training split, keeps the epoch with the best validation token accuracy,
     reports sacreBLEU on the test split. `train_limit` trains on the first N training pairs;
-    `max_tokens` is one vocabulary size for both languages or (source, target)."""
-    run_dir = Path(run_dir or default_run_dir(data, pair))
+    `max_tokens` is one vocabulary size for both languages or (source, target);
+    `learning_rate` is the peak rate for one replica's batch (scaled with the replicas).
+    A re-run of a killed run resumes exactly from its newest backup (`runner.fit`)."""
     keras.utils.set_random_seed(seed)
     corpus = load_corpus(data, pair, size, reverse, validation_size, test_size)
     train_pairs = corpus.train[:train_limit] if train_limit else corpus.train
@@ -424,14 +462,19 @@ def train(
         raise DataError(f"{corpus.name}: no training or validation pair is at most {max_length}"
                         " tokens long (--max-length)")
     strategy = runner.choose_strategy(strategy_name)
+    run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(data, pair)), strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = batch_size * replicas
-    steps_per_epoch = -(-len(train_ids[0]) // global_batch)
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
+        return tp.batches(*train_ids, global_batch, shuffle=True, seed=seed + epoch,
+                          multiple_of=replicas)
+
+    # Every length bucket ends in a partial batch: more batches than pairs / global batch.
+    steps_per_epoch = int(epoch_batches(0).cardinality())
     longest_target = max(len(t) for t in train_ids[1]) - 1  # tokens after [start], [end] included
 
-    resumed_after = runner.start_run(run_dir)
-    if resumed_after is not None:
-        print(f"Resuming {run_dir} from its backup after epoch {resumed_after}")
+    resumed = runner.start_run(run_dir)
     tp.write_vocabulary(run_dir / "source_vocab.txt", source.vocabulary)
     tp.write_vocabulary(run_dir / "target_vocab.txt", target.vocabulary)
     run = {"app": APP, "data": data, "pair": pair, "size": size, "reverse": reverse,
@@ -443,27 +486,28 @@ def train(
                      "cell": cell, "attention": attention, "dropout": dropout},
            "epochs": epochs, "batch_size": batch_size, "label_smoothing": label_smoothing,
            "learning_rate": learning_rate, "seed": seed,
-           "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch}
+           "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
+           "global_learning_rate": runner.scaled_learning_rate(learning_rate, strategy)}
     runner.write_json(run_dir / "run.json", run)
     with strategy.scope():
         model = build_model(source.size, target.size, **run["model"])
-        compile_model(model, epochs * steps_per_epoch, label_smoothing, learning_rate)
+        compile_model(model, epochs * steps_per_epoch, label_smoothing,
+                      runner.scaled_learning_rate(learning_rate, strategy))
     started = time.perf_counter()
-    model.fit(
-        tp.batches(*train_ids, global_batch, shuffle=True, seed=seed, multiple_of=replicas),
+    steps = runner.fit(
+        model, epoch_batches, epochs, run_dir, steps_per_epoch=steps_per_epoch,
         validation_data=tp.batches(*validation_ids, global_batch, multiple_of=replicas),
-        epochs=epochs,
         callbacks=runner.training_callbacks(run_dir, monitor="val_masked_accuracy",
-                                            resumed=resumed_after is not None),
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=verbose,
+                                            resumed=resumed is not None),
+        backup_every=backup_every, jit=jit, verbose=verbose,
     )
     training_seconds = time.perf_counter() - started
     runner.plot_history(run_dir)
-    LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
-    LAST_RUN.write_text(f"{run_dir.resolve()}\n")
+    if runner.is_chief(strategy):  # another worker's run directory is scratch
+        LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
+        LAST_RUN.write_text(f"{run_dir.resolve()}\n")
     metrics = {"training_seconds": round(training_seconds, 1), "epochs": epochs,
-               "train_pairs": len(train_ids[0])}
+               "steps": steps, "train_pairs": len(train_ids[0])}
     if evaluate_after:
         metrics.update(held_out_metrics(load_translator(run_dir), corpus, run_dir))
         print(f"{APP} on {corpus.name}: test sacreBLEU {metrics['bleu']:.1f}, chrF"
@@ -856,13 +900,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.command == "train":
-        runner.split_cpu(args.devices)
+        runner.configure(args)
         train(args.data, args.pair, args.epochs, args.batch_size, args.cell, args.layers,
               args.units, args.embedding_dim, args.attention, args.dropout,
               args.label_smoothing, args.learning_rate, args.lowercase, args.reverse, args.size,
               args.max_length, tuple((args.max_tokens * 2)[:2]), test_size=args.test_size,
               strategy_name=args.strategy, run_dir=args.run_dir, seed=args.seed,
-              verbose=args.verbose)
+              verbose=args.verbose, jit=args.jit, backup_every=args.backup_every)
     elif args.command == "evaluate":
         evaluate(args.run_dir, args.beam_width, args.alpha)
     elif args.command == "translate":

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +16,7 @@ from PIL import Image
 from apps import captioning as cap
 from apps import runner
 from pipelines import DataError
+from pipelines import captions as cp
 from serving.litert_captioning import CaptionLiteRT
 
 # Small enough to train in about 20 s on 2 cores, big enough to caption new combinations.
@@ -188,8 +190,6 @@ def test_help_lists_the_commands(capsys):
 
 
 def test_keras_applications_encoder_loads_a_local_weights_file(tmp_path):
-    import keras
-
     model = cap.build_model(20, backbone="MobileNetV2", backbone_weights=None)
     encoder = model.get_layer("encoder")
     assert not encoder.cnn.trainable
@@ -221,6 +221,59 @@ def test_trains_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     history = runner.read_history(run_dir)
     assert history["val_loss"][-1] <= 0.8 * history["val_loss"][0], history
     assert history["val_masked_accuracy"][-1] >= 0.25, history
+
+
+class StepLosses(keras.callbacks.Callback):
+    """The loss of each training batch (Keras logs the epoch's running mean; equal batches)."""
+
+    def on_train_begin(self, logs=None):
+        self.means = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.means.append(float(logs["loss"]))
+
+    @property
+    def losses(self):
+        return [(k + 1) * m - k * previous
+                for k, (m, previous) in enumerate(zip(self.means, [0.0, *self.means]))]
+
+
+@pytest.mark.parametrize("decoder", cap.DECODERS)
+def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps(data, decoder):
+    """Two replicas, each with half of the same global batch of 32: the same loss at each of
+    the first 3 steps and the same weights after them as one device. It needs the batch
+    normalisation statistics, the loss's token count and the gradient clipping of the whole
+    global batch, not of each replica's half (per-replica statistics: losses 1e-4 apart,
+    weights a fifth of the distance they moved)."""
+    index, captions = cap.caption_pairs(data.train, every_reference=False)
+    index, captions = index[:96], captions[:96]
+    tokenizer = cap.build_tokenizer(captions)
+    ids = cap.caption_ids(tokenizer, captions, 12)
+    images = cp.image_array(data.train.images, cap.IMAGE_SIZE)
+    three = cap.batches(images, index, ids, 32, multiple_of=2)
+
+    def three_steps(strategy):
+        keras.utils.set_random_seed(7)
+        with strategy.scope():  # as `train` builds it, with the same rate on both sides
+            model = cap.build_model(tokenizer.size, decoder, embedding_dim=16, units=32,
+                                    filters=(8, 16, 16))
+            cap.compile_model(model, steps=3, learning_rate=1e-2)
+        initial = np.concatenate([w.numpy().ravel() for w in model.weights])
+        steps = StepLosses()
+        model.fit(three, verbose=0, callbacks=[steps])
+        return steps.losses, initial, np.concatenate([w.numpy().ravel() for w in model.weights])
+
+    mirrored = runner.choose_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2
+    single_losses, initial, single_weights = three_steps(tf.distribute.get_strategy())
+    mirrored_losses, _, mirrored_weights = three_steps(mirrored)
+    assert len(single_losses) == 3 and single_losses[2] < single_losses[0]  # it trains
+    assert mirrored_losses == pytest.approx(single_losses, rel=1e-5)
+    # Adam's first steps move every weight by about the rate, whatever its gradient's size: the
+    # convolutions' gradients that are float noise (batch normalisation cancels their scale)
+    # differ element by element, so the weights are compared as a share of how far they moved.
+    moved = np.linalg.norm(single_weights - initial)
+    assert np.linalg.norm(mirrored_weights - single_weights) <= 0.02 * moved
 
 
 def flickr_fixture(folder: Path, count: int = 30) -> list[str]:

@@ -144,6 +144,51 @@ def test_two_layer_lstm_bahdanau_variant_trains(corpus):
     assert len([layer for layer in model.get_layer("encoder").rnns]) == 2
 
 
+class StepLosses(keras.callbacks.Callback):
+    """The loss of each training batch (Keras logs the epoch's running mean; equal batches)."""
+
+    def on_train_begin(self, logs=None):
+        self.means = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.means.append(float(logs["loss"]))
+
+    @property
+    def losses(self):
+        return [(k + 1) * m - k * previous
+                for k, (m, previous) in enumerate(zip(self.means, [0.0, *self.means]))]
+
+
+def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps():
+    """Two replicas, each with half of the same global batch of 32: the same loss at each of
+    the first 3 steps and the same weights after them as one device. The replicas' slices hold
+    different numbers of real tokens and the gradients are big enough to be clipped, so this
+    needs the loss over the whole batch's tokens and the clipping of the summed gradient."""
+    corpus = tr.load_corpus(size=1200)
+    source, target = tp.build_tokenizers(corpus.train, (300, 300), corpus.splits, False)
+    ids = tp.encode_pairs(corpus.train, source, target, 40)
+    three = tp.batches(*ids, 32, multiple_of=2).take(3)
+    assert [int(s.shape[0]) for (s, _), _ in three] == [32, 32, 32]
+
+    def three_steps(strategy):
+        keras.utils.set_random_seed(7)
+        with strategy.scope():  # as `train` builds it, with the same rate on both sides
+            model = tr.build_model(source.size, target.size, 16, 16)
+            tr.compile_model(model, steps=3, learning_rate=1e-2)
+        steps = StepLosses()
+        model.fit(three, verbose=0, callbacks=[steps])
+        return steps.losses, [w.numpy() for w in model.weights]
+
+    mirrored = runner.choose_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2
+    single_losses, single_weights = three_steps(tf.distribute.get_strategy())
+    mirrored_losses, mirrored_weights = three_steps(mirrored)
+    assert len(single_losses) == 3 and single_losses[2] < single_losses[0]  # it trains
+    assert mirrored_losses == pytest.approx(single_losses, rel=1e-5)
+    for single, replicated in zip(single_weights, mirrored_weights, strict=True):
+        np.testing.assert_allclose(single, replicated, atol=1e-5)
+
+
 def test_masked_loss_ignores_padding_and_smooths_labels():
     logits = tf.random.stateless_normal([2, 3, 5], seed=[0, 1])
     labels = tf.constant([[1, 2, 0], [3, 0, 0]])
