@@ -8,14 +8,15 @@ from bench import (
     lenet_training,
     mnist_layers,
     mnist_lenet,
+    scaling,
     serving,
     translation,
 )
 
 # gan after mnist_lenet: it judges with the LeNet-5 that mnist_lenet trained (runs/bench/lenet5).
 BENCHMARKS = [
-    mnist_lenet, mnist_layers, lenet_training, inference, serving, gan, fraud, translation,
-    captioning,
+    mnist_lenet, mnist_layers, lenet_training, scaling, inference, serving, gan, fraud,
+    translation, captioning,
 ]
 
 if __name__ == "__main__":
