@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
-from apps.translation import GlobalClipAdam, MaskedAccuracy, MaskedCrossEntropy
+from apps.translation import GlobalClipAdam, MaskedAccuracy, MaskedCrossEntropy, in_float32
 from layers.attention import AttentionDecoder
 from layers.beam_search import NEG_INF, beam_search, tile_beams
 from pipelines import DataError, shape_scenes
@@ -490,7 +490,7 @@ def load_captioner(run_dir: Path) -> Captioner:
     if not checkpoint.is_file():
         raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
     run = json.loads((Path(run_dir) / "run.json").read_text())
-    model = keras.saving.load_model(checkpoint, compile=False)
+    model = in_float32(keras.saving.load_model(checkpoint, compile=False))
     tokenizer = tp.Tokenizer(tp.read_vocabulary(Path(run_dir) / "vocab.txt"), "word", True)
     return Captioner(model, tokenizer, run["max_length"])
 
@@ -763,7 +763,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="images are resized to this square (default: %(default)s)")
     train_parser.add_argument("--units", type=int, default=UNITS, help="default: %(default)s")
     train_parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
-                              help="default: %(default)s")
+                              help="peak Adam learning rate for one replica's batch; N"
+                                   " replicas train at N times it (default: %(default)s)")
     train_parser.add_argument("--seed", type=int, default=SEED)
     train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
     runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)

@@ -526,8 +526,16 @@ def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
     checkpoint = run_dir / "best.keras"
     if not checkpoint.is_file():
         raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
-    return (keras.saving.load_model(checkpoint, compile=False),
+    return (in_float32(keras.saving.load_model(checkpoint, compile=False)),
             json.loads((run_dir / "run.json").read_text()))
+
+
+def in_float32(model: keras.Model) -> keras.Model:
+    """Decoding, export and phones compute in float32, whatever precision trained the weights
+    (`--mixed-precision` trains in float16 on GPUs; the weights are float32 either way)."""
+    for layer in model._flatten_layers():
+        layer.dtype_policy = "float32"
+    return model
 
 
 def load_translator(run_dir: Path) -> Translator:
@@ -861,7 +869,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train_parser.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
                               help="default: %(default)s")
     train_parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
-                              help="peak Adam learning rate (default: %(default)s)")
+                              help="peak Adam learning rate for one replica's batch; N"
+                                   " replicas train at N times it (default: %(default)s)")
     train_parser.add_argument("--lowercase", action="store_true",
                               help="lower-case all text (BLEU then ignores case)")
     train_parser.add_argument("--size", type=int, default=CORPUS_SIZE,

@@ -77,9 +77,10 @@ class AttentionDecoder(layers.Layer):
         else:
             hidden = ops.tanh(keys[:, None, :, :] + self.query_dense(queries)[:, :, None, :])
             scores = ops.squeeze(self.score_dense(hidden), -1)  # [batch, T, time]
-        mask = ops.cast(memory_mask, scores.dtype)[:, None, :]
-        weights = ops.softmax(scores + (1.0 - mask) * MASKED_SCORE, axis=-1)
-        return ops.einsum("bts,bsf->btf", weights, memory), weights
+        # In float32 also under mixed_float16: there MASKED_SCORE is -inf and 0 * -inf is NaN.
+        mask = ops.cast(memory_mask, "float32")[:, None, :]
+        weights = ops.softmax(ops.cast(scores, "float32") + (1.0 - mask) * MASKED_SCORE, axis=-1)
+        return ops.einsum("bts,bsf->btf", ops.cast(weights, memory.dtype), memory), weights
 
     def _predict(self, outputs, memory, keys, memory_mask, training=None):
         context, weights = self.attend(outputs, memory, keys, memory_mask)

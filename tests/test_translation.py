@@ -189,6 +189,34 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps():
         np.testing.assert_allclose(single, replicated, atol=1e-5)
 
 
+def test_mixed_precision_trains_with_masked_attention_and_decodes_in_float32(tmp_path):
+    """`--mixed-precision` (float16 on GPUs): masked attention scores stay finite in float16
+    (0 * -inf there would be NaN), and the checkpoint, loaded in the same process, decodes in
+    float32 as the beam search, the export and the phones need."""
+    rng = np.random.default_rng(0)
+    sources = [rng.integers(4, 30, size=n).astype("int32") for n in rng.integers(2, 9, 64)]
+    targets = [np.concatenate([[tp.START], rng.integers(4, 30, size=n), [tp.END]]).astype("int32")
+               for n in rng.integers(2, 9, 64)]
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = tr.build_model(30, 30, 8, 8)
+        tr.compile_model(model, steps=4, learning_rate=1e-2)
+        losses = model.fit(tp.batches(sources, targets, 32), epochs=2, verbose=0).history["loss"]
+        assert np.all(np.isfinite(losses)) and losses[1] < losses[0]
+        model.save(tmp_path / "best.keras")
+        loaded = tr.in_float32(keras.saving.load_model(tmp_path / "best.keras", compile=False))
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert model.get_layer("decoder").embedding.compute_dtype == "float16"
+    assert {layer.compute_dtype for layer in loaded._flatten_layers()} == {"float32"}
+    vocabulary = [tp.START_TOKEN, tp.END_TOKEN, *[f"w{i}" for i in range(26)]]  # + pad, UNK
+    tokenizer = tp.Tokenizer(vocabulary, "word", False)
+    translator = tr.Translator(loaded, tokenizer, tokenizer, 12)
+    found = translator.search(tf.constant([[5, 6, 7, 0]], tf.int32), beam_width=2)
+    assert found["scores"].dtype == tf.float32 and np.isfinite(found["scores"].numpy()).all()
+
+
 def test_masked_loss_ignores_padding_and_smooths_labels():
     logits = tf.random.stateless_normal([2, 3, 5], seed=[0, 1])
     labels = tf.constant([[1, 2, 0], [3, 0, 0]])
