@@ -133,7 +133,8 @@ def augmenter(seed: int = 0):
     little zoom, drawn per image and composed into ONE affine map, so that each image is
     resampled once: three Keras layers in a row (RandomTranslation, RandomRotation, RandomZoom)
     resample three times, the bilinear blur adds up and the training digits stop looking like
-    the sharp test digits.
+    the sharp test digits. On real MNIST, lenet5-modern's test error over two seeds went from
+    0.62 / 0.70% with the three layers to 0.59 / 0.48% with one resample (bench/README.md).
 
     Returns `distort(images [B, H, W, C] float32, training=True)`.
     """
