@@ -14,12 +14,13 @@ from pathlib import Path
 
 from apps import digit_ocr, runner
 from bench import SHARED_DATA, save_results
+from layers import dsn
 
 MNIST = SHARED_DATA / "mnist"
 TARGET_ERROR = 0.012
 # Epochs of backpropagation: the DBN's fine-tuning after pretraining; the DSN's refinement of
-# each module's lower weights between closed-form solutions.
-EPOCHS = {"dbn": 30, "dsn": 8}
+# each module's lower weights by the gradient through the closed-form upper weights.
+EPOCHS = {"dbn": 30, "dsn": 5}
 
 
 def configuration(model_name: str, epochs: int) -> str:
@@ -27,7 +28,8 @@ def configuration(model_name: str, epochs: int) -> str:
         return (f"{'-'.join(map(str, digit_ocr.DBN_HIDDEN_UNITS))} RBMs, CD-1"
                 f" x {digit_ocr.DBN_PRETRAIN_EPOCHS} epochs each, {epochs} fine-tuning epochs")
     return (f"{digit_ocr.DSN_MODULES} modules x {digit_ocr.DSN_HIDDEN_UNITS} sigmoid units,"
-            f" {epochs} refinement epochs each")
+            f" {epochs} refinement epochs each through U (batches of {dsn.REFINE_BATCH_SIZE},"
+            f" Adam {dsn.REFINE_LEARNING_RATE:g})")
 
 
 def main(argv=None) -> dict:

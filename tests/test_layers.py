@@ -171,6 +171,55 @@ def test_closed_form_upper_weights_equal_numpy_ridge_least_squares():
     assert dsn.stack[1].lower_kernel.shape == (5 + 3, 20)
 
 
+def test_refinement_follows_the_gradient_through_the_closed_form_upper_weights():
+    """One full-batch refinement step is Adam's first step, lr * sign(gradient): its direction
+    must be the sign of the numerical gradient of |H U(W) - T|^2, U(W) the ridge solution."""
+    from layers import dsn as dsn_layer
+
+    inputs, targets = toy_regression(rows=200)
+    ridge = 0.5
+    batches = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(64)
+    keras.utils.set_random_seed(1)
+    dsn = DeepStackingNetwork(num_modules=1, hidden_units=8, output_units=3, ridge=ridge)
+    dsn.fit_module(0, batches, verbose=0)  # no refinement: W and a as initialised
+    module = dsn.stack[0]
+    start = [module.lower_kernel.numpy().astype("float64"),
+             module.lower_bias.numpy().astype("float64")]
+    dsn.fit_module(0, batches, refine_epochs=1, verbose=0)  # one batch of all 200 rows
+    moved = [(before - after.numpy()) / dsn_layer.REFINE_LEARNING_RATE
+             for before, after in zip(start, (module.lower_kernel, module.lower_bias))]
+
+    def loss(kernel, bias):
+        hidden = 1.0 / (1.0 + np.exp(-(inputs @ kernel + bias)))
+        upper = np.linalg.solve(hidden.T @ hidden + ridge * np.eye(8), hidden.T @ targets)
+        return np.sum((hidden @ upper - targets) ** 2) / len(inputs)
+
+    step = 1e-6
+    for index, weight in enumerate(start):
+        numerical = np.zeros_like(weight)
+        for position in np.ndindex(weight.shape):
+            plus, minus = [w.copy() for w in start], [w.copy() for w in start]
+            plus[index][position] += step
+            minus[index][position] -= step
+            numerical[position] = (loss(*plus) - loss(*minus)) / (2 * step)
+        clear = np.abs(numerical) > 1e-3 * np.abs(numerical).max()
+        assert clear.sum() >= 0.8 * clear.size
+        np.testing.assert_allclose(moved[index][clear], np.sign(numerical[clear]), atol=1e-2)
+
+
+def test_refinement_through_the_upper_weights_lowers_held_out_error():
+    inputs, targets = toy_regression(rows=1200, features=8)
+    train = tf.data.Dataset.from_tensor_slices((inputs[:1000], targets[:1000])).batch(100)
+    held_out = tf.data.Dataset.from_tensor_slices((inputs[1000:], targets[1000:])).batch(100)
+    errors = {}
+    for epochs in (0, 200):
+        keras.utils.set_random_seed(2)
+        dsn = DeepStackingNetwork(num_modules=1, hidden_units=30, output_units=3)
+        errors[epochs] = dsn.fit_module(0, train, refine_epochs=epochs,
+                                        validation_data=held_out, verbose=0)["loss"]
+    assert errors[200] < 0.7 * errors[0], errors
+
+
 def test_dsn_training_under_mirrored_strategy_equals_one_device():
     inputs, targets = toy_regression(rows=256)
     batches = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(64)
