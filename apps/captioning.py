@@ -48,7 +48,7 @@ from apps import runner
 from apps.runner import UsageError
 from apps.translation import GlobalClipAdam, MaskedAccuracy, MaskedCrossEntropy, in_float32
 from layers.attention import AttentionDecoder
-from layers.beam_search import NEG_INF, beam_search, tile_beams
+from layers.beam_search import EncoderDecoderSearch
 from pipelines import DataError, shape_scenes
 from pipelines import captions as cp
 from pipelines import text_pairs as tp
@@ -288,37 +288,20 @@ def compile_model(model: keras.Model, steps: int, learning_rate: float = LEARNIN
 # ---------------------------------------------------------------------------------------------
 
 
-class Captioner:
+class Captioner(EncoderDecoderSearch):
     """A trained model with its vocabulary: images in, captions out, by compiled beam search."""
 
     def __init__(self, model: keras.Model, tokenizer: tp.Tokenizer, max_length: int):
+        super().__init__(model.get_layer("encoder"), model.get_layer("decoder"), tokenizer.size,
+                         forbidden_ids=(tp.PAD, tp.UNK, tp.START), start_id=tp.START,
+                         end_id=tp.END)
         self.model, self.tokenizer, self.max_length = model, tokenizer, int(max_length)
-        self.encoder: ImageEncoder = model.get_layer("encoder")
-        self.decoder = model.get_layer("decoder")
         self.image_size = self.encoder.image_size
-        forbidden = np.zeros(tokenizer.size, dtype="float32")
-        forbidden[[tp.PAD, tp.UNK, tp.START]] = NEG_INF
-        self.forbidden = tf.constant(forbidden)
         self._compiled: dict = {}
 
-    def encode(self, images):
-        memory, mask, state = self.encoder(images, training=False)
-        return memory, self.decoder.prepare_memory(memory), mask, state
-
-    def decode_step(self, tokens, state, memory, keys, mask):
-        log_probs, state, weights = self.decoder.step(tokens, state, memory, keys, mask)
-        return log_probs + self.forbidden, state, weights
-
     def search(self, images, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
-        memory, keys, mask, state = self.encode(images)
-        memory, keys, mask = (tile_beams(x, beam_width) for x in (memory, keys, mask))
-
-        def step_fn(tokens, state):
-            log_probs, state, _ = self.decode_step(tokens, state, memory, keys, mask)
-            return log_probs, state
-
-        return beam_search(step_fn, state, tf.shape(images)[0], tp.START, tp.END,
-                           self.max_length, beam_width, alpha)
+        """uint8 images [batch, size, size, 3] -> beam_search's dict."""
+        return self.decode(images, self.max_length, beam_width, alpha)
 
     def compiled_search(self, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
         key = (int(beam_width), float(alpha))

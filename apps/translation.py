@@ -44,7 +44,7 @@ from tqdm import tqdm
 from apps import runner
 from apps.runner import UsageError
 from layers.attention import ATTENTIONS, CELLS, AttentionDecoder
-from layers.beam_search import NEG_INF, beam_search, tile_beams
+from layers.beam_search import EncoderDecoderSearch
 from pipelines import DataError, number_corpus
 from pipelines import text_pairs as tp
 from serving import export as exporting
@@ -295,41 +295,22 @@ def compile_model(model: keras.Model, steps: int, label_smoothing: float = LABEL
 # ---------------------------------------------------------------------------------------------
 
 
-class Translator:
+class Translator(EncoderDecoderSearch):
     """A trained model with its tokenizers: strings in, strings out, by compiled beam search."""
 
     def __init__(self, model: keras.Model, source: tp.Tokenizer, target: tp.Tokenizer,
                  max_output_length: int):
-        self.model, self.source, self.target = model, source, target
-        self.encoder: Encoder = model.get_layer("encoder")
-        self.decoder: AttentionDecoder = model.get_layer("decoder")
-        self.max_output_length = int(max_output_length)
         # The decoder never predicts padding, an unknown word or a second [start].
-        forbidden = np.zeros(target.size, dtype="float32")
-        forbidden[[tp.PAD, tp.UNK, tp.START]] = NEG_INF
-        self.forbidden = tf.constant(forbidden)
+        super().__init__(model.get_layer("encoder"), model.get_layer("decoder"), target.size,
+                         forbidden_ids=(tp.PAD, tp.UNK, tp.START), start_id=tp.START,
+                         end_id=tp.END)
+        self.model, self.source, self.target = model, source, target
+        self.max_output_length = int(max_output_length)
         self._compiled: dict = {}
-
-    def encode(self, source_ids):
-        """source ids [batch, S] -> memory, keys, mask and initial decoder state."""
-        memory, mask, state = self.encoder(source_ids, training=False)
-        return memory, self.decoder.prepare_memory(memory), mask, state
-
-    def decode_step(self, tokens, state, memory, keys, mask):
-        log_probs, state, weights = self.decoder.step(tokens, state, memory, keys, mask)
-        return log_probs + self.forbidden, state, weights
 
     def search(self, source_ids, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
         """source ids [batch, S] -> beam_search's dict (tokens [batch, beam, L], scores, ...)."""
-        memory, keys, mask, state = self.encode(source_ids)
-        memory, keys, mask = (tile_beams(x, beam_width) for x in (memory, keys, mask))
-
-        def step_fn(tokens, state):
-            log_probs, state, _ = self.decode_step(tokens, state, memory, keys, mask)
-            return log_probs, state
-
-        return beam_search(step_fn, state, tf.shape(source_ids)[0], tp.START, tp.END,
-                           self.output_limit(source_ids), beam_width, alpha)
+        return self.decode(source_ids, self.output_limit(source_ids), beam_width, alpha)
 
     def compiled_search(self, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
         """`search` as one graph (tf.function), one per beam width and alpha."""

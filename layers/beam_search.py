@@ -160,3 +160,46 @@ def beam_search(
 def _gather_rows(tokens: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     """tokens [batch, n, length], indices [batch, m] -> [batch, m, length]."""
     return tf.gather(tokens, indices, batch_dims=1)
+
+
+class EncoderDecoderSearch:
+    """Beam search through an encoder and an attention decoder (`layers.attention`): what the
+    translator (source token ids in) and the captioner (images in) share.
+
+        encoder(inputs, training=False) -> memory [batch, time, features], mask [batch, time],
+                                           the decoder's initial state
+        decoder.prepare_memory(memory)  -> attention keys, once per input
+        decoder.step(tokens, state, memory, keys, mask) -> log_probs, state, attention weights
+
+    Tokens in `forbidden_ids` (padding, the unknown word, a second start token) are never
+    predicted: their log-probability gets NEG_INF before the beams are ranked.
+    """
+
+    def __init__(self, encoder, decoder, vocab_size: int, forbidden_ids, start_id: int,
+                 end_id: int):
+        self.encoder, self.decoder = encoder, decoder
+        self.start_id, self.end_id = int(start_id), int(end_id)
+        forbidden = [NEG_INF if token in set(forbidden_ids) else 0.0 for token in range(vocab_size)]
+        self.forbidden = tf.constant(forbidden, tf.float32)
+
+    def encode(self, inputs):
+        """inputs [batch, ...] -> memory, attention keys, mask and the initial decoder state."""
+        memory, mask, state = self.encoder(inputs, training=False)
+        return memory, self.decoder.prepare_memory(memory), mask, state
+
+    def decode_step(self, tokens, state, memory, keys, mask):
+        """One token for each row: (log_probs with the forbidden tokens masked, state, weights)."""
+        log_probs, state, weights = self.decoder.step(tokens, state, memory, keys, mask)
+        return log_probs + self.forbidden, state, weights
+
+    def decode(self, inputs, max_length, beam_width: int, alpha: float) -> dict:
+        """inputs [batch, ...] -> `beam_search`'s dict (tokens [batch, beam, L], scores, ...)."""
+        memory, keys, mask, state = self.encode(inputs)
+        memory, keys, mask = (tile_beams(x, beam_width) for x in (memory, keys, mask))
+
+        def step_fn(tokens, state):
+            log_probs, state, _ = self.decode_step(tokens, state, memory, keys, mask)
+            return log_probs, state
+
+        return beam_search(step_fn, state, tf.shape(inputs)[0], self.start_id, self.end_id,
+                           max_length, beam_width, alpha)
