@@ -74,14 +74,18 @@ def test_modern_variant_builds_and_trains_one_step(digits):
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
-def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps(digits, monkeypatch):
+@pytest.mark.parametrize("model_name", ["lenet5", "lenet5-modern"])
+def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps(model_name, digits,
+                                                                         monkeypatch):
     three_batches = images.batches(digits.train, 64).take(3)  # the same global batches
 
     def train_three_steps(strategy):
         keras.utils.set_random_seed(7)
         with strategy.scope():
-            model = digit_ocr.compile_model(digit_ocr.build_model("lenet5"), steps=10)
+            model = digit_ocr.compile_model(digit_ocr.build_model(model_name), steps=10,
+                                            model_name=model_name)
         model.steps_per_execution = 1  # a loss per step
+        train_three_steps.initial = [w.numpy() for w in model.weights]
         losses = []
         record = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda batch, logs: losses.append(logs["loss"]))
@@ -95,9 +99,20 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps(digits
     single_losses, single_weights = train_three_steps(tf.distribute.get_strategy())
     mirrored_losses, mirrored_weights = train_three_steps(mirrored)
     assert len(single_losses) == 3
-    np.testing.assert_allclose(mirrored_losses, single_losses, rtol=1e-5)
-    for single, replicated in zip(single_weights, mirrored_weights):
-        np.testing.assert_allclose(single, replicated, atol=1e-5)
+    assert mirrored_losses[0] == pytest.approx(single_losses[0], rel=1e-5)
+    if model_name == "lenet5":
+        np.testing.assert_allclose(mirrored_losses, single_losses, rtol=1e-5)
+        for single, replicated in zip(single_weights, mirrored_weights):
+            np.testing.assert_allclose(single, replicated, atol=1e-5)
+    else:
+        # Synchronised batch norm sums E[x] and E[x^2] across replicas; one device computes the
+        # variance directly. The rounding differs by ~1e-7 and AdamW's first, sign-like steps
+        # carry it into the weights, so later steps agree to 1e-3 (per-replica statistics: ~1e-2).
+        np.testing.assert_allclose(mirrored_losses, single_losses, rtol=1e-3)
+        initial = train_three_steps.initial
+        moved = sum(np.linalg.norm(w - w0) for w, w0 in zip(single_weights, initial))
+        apart = sum(np.linalg.norm(a - b) for a, b in zip(single_weights, mirrored_weights))
+        assert apart < 0.05 * moved, (apart, moved)
 
 
 # --- export -----------------------------------------------------------------------------------
