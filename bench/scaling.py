@@ -11,7 +11,9 @@ because the CPU must be split into logical devices before TensorFlow starts:
 - MirroredStrategy over 2 logical CPUs (one step per call: Keras 3.15's multi-step loop fails
   under it). On a 2-core CPU the two replicas share the cores, so this row is a correctness smoke
   test, not a speed-up;
-- on a GPU, when one is visible: one GPU in float32, with mixed_float16, and with XLA.
+- on a GPU, when one is visible (or with `--gpu-rows`, to check them on a CPU): one GPU in
+  float32, with mixed_float16 and with XLA, for LeNet-5 and for `apps.translation`'s model on
+  its embedded corpus (sentence pairs/s over the whole run).
 
 Images per second count every epoch but the first (tracing and warm-up); median of `--runs`.
 """
@@ -34,17 +36,33 @@ RUNS = 2
 
 def configurations(gpu: bool) -> list[dict]:
     rows = [
-        {"name": "1 device, runner.fit (exact resume)", "devices": 1, "strategy": "one"},
-        {"name": "1 device, one Keras fit, no backups", "devices": 1, "strategy": "one",
+        {"name": "LeNet-5, 1 device, runner.fit (exact resume)", "devices": 1, "strategy": "one"},
+        {"name": "LeNet-5, 1 device, one Keras fit, no backups", "devices": 1, "strategy": "one",
          "plain_fit": True},
-        {"name": "2 logical CPUs, MirroredStrategy", "devices": 2, "strategy": "mirrored"},
+        {"name": "LeNet-5, 2 logical CPUs, MirroredStrategy", "devices": 2,
+         "strategy": "mirrored"},
     ]
     if gpu:
-        rows += [
-            {"name": "1 GPU, mixed_float16", "devices": 1, "strategy": "one", "mixed": True},
-            {"name": "1 GPU, XLA", "devices": 1, "strategy": "one", "jit": True},
-        ]
-    return rows
+        for app in ("lenet5", "translation"):
+            label = "LeNet-5" if app == "lenet5" else "NMT (GRU + attention)"
+            rows += [
+                {"name": f"{label}, 1 GPU, float32", "app": app},
+                {"name": f"{label}, 1 GPU, mixed_float16", "app": app, "mixed": True},
+                {"name": f"{label}, 1 GPU, XLA", "app": app, "jit": True},
+            ]
+    return [{"devices": 1, "strategy": "one", **row} for row in rows]
+
+
+def measure_translation(configuration: dict, epochs: int) -> dict:
+    """Sentence pairs per second over a whole `apps.translation` run on its embedded corpus
+    (tracing included: the same for each row, XLA's compilation aside)."""
+    from apps import translation
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        metrics = translation.train(epochs=epochs, run_dir=Path(run_dir), verbose=0,
+                                    evaluate_after=False, jit=configuration.get("jit", False))
+    return {"images_per_second": metrics["train_pairs"] * epochs / metrics["training_seconds"],
+            "replicas": 1}
 
 
 def measure(configuration: dict, data: str, epochs: int, batch_size: int) -> dict:
@@ -57,6 +75,8 @@ def measure(configuration: dict, data: str, epochs: int, batch_size: int) -> dic
     runner.split_cpu(configuration["devices"])
     if configuration.get("mixed"):
         keras.mixed_precision.set_global_policy("mixed_float16")
+    if configuration.get("app") == "translation":
+        return measure_translation(configuration, epochs)
     keras.utils.set_random_seed(0)
     dataset = images.load_image_dataset(data)
     strategy = runner.choose_strategy(configuration["strategy"])
@@ -96,6 +116,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--gpu-rows", action="store_true",
+                        help="run the GPU rows even without a GPU (to check that they work)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # one configuration, as JSON
     args = parser.parse_args(argv)
     mnist = SHARED_DATA / "mnist"
@@ -109,7 +131,7 @@ def main(argv=None) -> dict:
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     rows = []
-    for configuration in configurations(gpu):
+    for configuration in configurations(gpu or args.gpu_rows):
         rates = []
         for _ in range(args.runs):
             completed = subprocess.run(
@@ -119,11 +141,14 @@ def main(argv=None) -> dict:
             rates.append(json.loads(completed.stdout.strip().splitlines()[-1])
                          ["images_per_second"])
         rows.append({"configuration": configuration["name"],
-                     "images/s (median)": round(statistics.median(rates)),
+                     "images/s (median)": round(statistics.median(rates)),  # NMT: pairs/s
                      "spread": f"{min(rates):,.0f}..{max(rates):,.0f}"})
-    baseline = rows[0]["images/s (median)"]
+    # Each row against the first of its model: LeNet-5's runner.fit, the NMT model's float32.
+    baselines = {}
     for row in rows:
-        row["vs runner.fit"] = f"{row['images/s (median)'] / baseline:.2f}x"
+        model = row["configuration"].split(",")[0]
+        baseline = baselines.setdefault(model, row["images/s (median)"])
+        row["vs first row of the model"] = f"{row['images/s (median)'] / baseline:.2f}x"
 
     from apps.runner import print_table
 
