@@ -618,18 +618,6 @@ def lite_archive(captioner: Captioner) -> keras.export.ExportArchive:
     return archive
 
 
-def convert_lite(saved_model_dir: Path, variant: str) -> bytes:
-    """Both signatures into one .tflite, builtin ops only."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(saved_model_dir), signature_keys=list(TFLITE_SIGNATURES))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if variant != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    return converter.convert()
-
-
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False,
            check_images: int = LITE_CHECK_IMAGES) -> dict:
     """Publishes a run as the next version under `model_base/captioning/`: the SavedModel, and
@@ -660,7 +648,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         with tempfile.TemporaryDirectory() as lite_dir:
             lite_archive(captioner).write_out(lite_dir, verbose=False)
             for variant in tqdm(LITE_VARIANTS, desc="TFLite", disable=quiet):
-                content = convert_lite(Path(lite_dir), variant)
+                content = exporting.convert_to_tflite(Path(lite_dir), TFLITE_SIGNATURES,
+                                                      variant)
                 path = extra / f"{APP}_{variant}.tflite"
                 path.write_bytes(content)
                 lite = CaptionLiteRT(path)

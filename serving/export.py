@@ -14,7 +14,7 @@ base never loads half a model and a failed export leaves nothing behind.
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +54,12 @@ def publish(model_base: Path, write: Callable[[Path], None]) -> Path:
 
 def convert_to_tflite(
     saved_model_dir: Path,
-    signature: str,
+    signature: str | Sequence[str],
     variant: str,
     representative_inputs: Iterable[np.ndarray] | None = None,
 ) -> bytes:
-    """One signature of a SavedModel as a `.tflite` flatbuffer, builtin ops only.
+    """A SavedModel's signature (or several: a seq2seq model's `encode` and `decode_step`, kept
+    under their names) as a `.tflite` flatbuffer, builtin ops only.
 
     - float32: as trained.
     - float16: weights stored as float16 (half the size), computed in float32.
@@ -69,8 +70,9 @@ def convert_to_tflite(
     """
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; choose from {TFLITE_VARIANTS}")
+    signatures = [signature] if isinstance(signature, str) else list(signature)
     converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(saved_model_dir), signature_keys=[signature]
+        str(saved_model_dir), signature_keys=signatures
     )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant != "float32":
