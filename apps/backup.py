@@ -137,14 +137,13 @@ class StepBackup(keras.callbacks.Callback):
     group boundaries.
     """
 
-    def __init__(self, directory: Path, every_steps: int | None = None,
-                 every_seconds: float = BACKUP_SECONDS):
+    def __init__(self, directory: Path, steps_per_epoch: int | None = None,
+                 every_steps: int | None = None, every_seconds: float = BACKUP_SECONDS):
         super().__init__()
         self.directory = Path(directory)
+        self.steps_per_epoch = steps_per_epoch  # needed to back up, not to restore
         self.every_steps = every_steps
         self.every_seconds = every_seconds
-        self.position: Position | None = None
-        self.steps_per_epoch: int | None = None
         self._skipped = 0  # batches of the current epoch trained before the resume
         self._metric_values: list[np.ndarray] = []
         self._last_saved_step = 0
@@ -169,16 +168,16 @@ class StepBackup(keras.callbacks.Callback):
             # Keras creates the metrics' accumulators when fit starts: put back in on_epoch_begin.
             self._metric_values = [arrays[name] for name in sorted(arrays)
                                    if name.startswith("metric_")]
-            self.position = position
             self._last_saved_step = position.step
             self.set_model(model)
             return position
         return None
 
-    def start_epoch(self, epoch: int, skipped: int, batches) -> None:
-        """Called by `runner.fit` before each epoch's `fit`: `skipped` batches are already done."""
+    def resume_epoch(self, skipped: int, batches) -> None:
+        """Called by `runner.fit` before the interrupted epoch's `fit`: `skipped` batches of it
+        are done. `batches` (any of the model's) may be evaluated on to build its metrics."""
         self._skipped = skipped
-        if skipped and len(self._metric_values) != len(self.model.metrics_variables):
+        if len(self._metric_values) != len(self.model.metrics_variables):
             # Keras creates a compiled model's metric accumulators on the first batch it sees;
             # one evaluation batch (no weights, no random state touched) creates them.
             self.model.evaluate(batches.take(1), verbose=0)
@@ -192,6 +191,10 @@ class StepBackup(keras.callbacks.Callback):
         self._metric_values = []
         self._epoch = epoch
 
+    def on_epoch_end(self, epoch, logs=None):
+        self._skipped = 0
+        self.save(Position(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch))
+
     def on_train_batch_end(self, batch, logs=None):
         done = self._skipped + batch + 1
         if done >= self.steps_per_epoch:
@@ -202,12 +205,8 @@ class StepBackup(keras.callbacks.Callback):
         if due_by_steps or due_by_time:
             self.save(Position(self._epoch, done, step))
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.save(Position(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch))
-
     def save(self, position: Position) -> None:
         write_backup(self.directory, self.model, position)
-        self.position = position
         self._last_saved_step = position.step
         self._last_saved_time = time.monotonic()
 

@@ -226,8 +226,7 @@ def fit(model, epoch_batches, epochs: int, run_dir: Path, *, steps_per_epoch: in
     import keras
     import tensorflow as tf
 
-    backups = backup.StepBackup(backup_dir(run_dir), every_steps=backup_every)
-    backups.steps_per_epoch = steps_per_epoch
+    backups = backup.StepBackup(backup_dir(run_dir), steps_per_epoch, every_steps=backup_every)
     with model.distribute_strategy.scope():
         try:
             start = backups.restore(model) or backup.Position(0, 0, 0)
@@ -248,7 +247,8 @@ def fit(model, epoch_batches, epochs: int, run_dir: Path, *, steps_per_epoch: in
 
     for epoch in range(start.epoch, epochs):
         skipped = start.batch if epoch == start.epoch else 0
-        backups.start_epoch(epoch, skipped, validation_data or epoch_batches(epoch))
+        if skipped:  # a pipeline of its own: iterating the epoch's would move its shuffle on
+            backups.resume_epoch(skipped, validation_data or epoch_batches(epoch))
         model.fit(
             epoch_batches(epoch).skip(skipped),
             validation_data=validation_data,
