@@ -24,10 +24,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import SHARED_DATA, save_results
+from bench.lenet_training import EpochTimer, images_per_second
 
 EPOCHS = 4
 BATCH_SIZE = 64  # per replica, the app's default
@@ -86,27 +86,19 @@ def measure(configuration: dict, data: str, epochs: int, batch_size: int) -> dic
     with strategy.scope():
         model = digit_ocr.compile_model(digit_ocr.build_model("lenet5"), epochs * steps)
 
-    class EpochTimer(keras.callbacks.Callback):
-        seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            EpochTimer.seconds.append(time.perf_counter() - self.started)
+    timer = EpochTimer()
 
     def epoch_batches(epoch):
         return images.batches(dataset.train, global_batch, shuffle=True, seed=epoch)
 
     if configuration.get("plain_fit"):
         model.fit(images.batches(dataset.train, global_batch, shuffle=True), epochs=epochs,
-                  callbacks=[EpochTimer()], verbose=0)
+                  callbacks=[timer], verbose=0)
     else:
         with tempfile.TemporaryDirectory() as run_dir:
             runner.fit(model, epoch_batches, epochs, Path(run_dir), steps_per_epoch=steps,
-                       callbacks=[EpochTimer()], jit=configuration.get("jit", False), verbose=0)
-    timed = EpochTimer.seconds[1:] or EpochTimer.seconds
-    return {"images_per_second": examples * len(timed) / sum(timed),
+                       callbacks=[timer], jit=configuration.get("jit", False), verbose=0)
+    return {"images_per_second": images_per_second(timer.seconds, examples),
             "replicas": strategy.num_replicas_in_sync}
 
 
