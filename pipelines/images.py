@@ -160,10 +160,13 @@ def augmenter(seed: int = 0):
         b2 = centre_y - b0 * centre_x - b1 * centre_y + shift_y
         zeros = tf.zeros([count])
         transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)  # [B, 8]
-        return tf.raw_ops.ImageProjectiveTransformV3(
+        distorted = tf.raw_ops.ImageProjectiveTransformV3(
             images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
             fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
         )
+        # The raw op forgets the static height and width; models built from the pipeline's
+        # element_spec (the DSN sizes its first module from it) need them.
+        return tf.ensure_shape(distorted, images.shape)
 
     return distort
 

@@ -70,7 +70,11 @@ def test_batches_feed_lenet(digits):
 
 def test_augmentation_moves_pixels_but_keeps_the_batch(digits):
     plain, labels = next(iter(images.batches(digits.train, 32)))
-    distorted, same_labels = next(iter(images.batches(digits.train, 32, augment=True)))
+    augmented = images.batches(digits.train, 32, augment=True)
+    # Static height, width and channels survive the distortion: the DSN sizes its first module
+    # from the pipeline's element_spec.
+    assert augmented.element_spec[0].shape.as_list() == [None, 32, 32, 1]
+    distorted, same_labels = next(iter(augmented))
     assert distorted.shape == plain.shape
     np.testing.assert_array_equal(labels, same_labels)
     assert 0.0 < float(tf.reduce_mean(tf.abs(distorted - plain))) < 0.2
