@@ -5,6 +5,7 @@ from bench import (
     fraud,
     gan,
     inference,
+    lenet_kernels,
     lenet_training,
     mnist_layers,
     mnist_lenet,
@@ -15,8 +16,8 @@ from bench import (
 
 # gan after mnist_lenet: it judges with the LeNet-5 that mnist_lenet trained (runs/bench/lenet5).
 BENCHMARKS = [
-    mnist_lenet, mnist_layers, lenet_training, scaling, inference, serving, gan, fraud,
-    translation, captioning,
+    mnist_lenet, mnist_layers, lenet_training, lenet_kernels, scaling, inference, serving, gan,
+    fraud, translation, captioning,
 ]
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ class LeNet5(nn.Module):
         super().__init__()
         self.c1 = nn.Conv2d(1, 6, 5)
         self.c3 = nn.Conv2d(6, 16, 5)
-        self.c5 = nn.Conv2d(16, 120, 5)
+        self.c5 = nn.Linear(16 * 5 * 5, 120)  # a 5x5 convolution over a 5x5 map, as in Keras
         self.f6 = nn.Linear(120, 84)
         self.output = nn.Linear(84, num_classes)
         self.pool = nn.AvgPool2d(2)
@@ -27,5 +27,5 @@ class LeNet5(nn.Module):
         x = self.pool(torch.tanh(self.c1(x)))  # 14x14x6
         c3_kernel = self.c3.weight * self.c3_mask
         x = self.pool(torch.tanh(nn.functional.conv2d(x, c3_kernel, self.c3.bias)))  # 5x5x16
-        x = torch.tanh(self.c5(x)).flatten(1)  # 120
+        x = torch.tanh(self.c5(x.flatten(1)))  # 120
         return self.output(torch.tanh(self.f6(x)))
