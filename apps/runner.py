@@ -205,8 +205,13 @@ def agree_on_position(strategy, position: backup.Position) -> None:
 
     if not getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
         return
-    steps = strategy.run(lambda: tf.constant(float(position.step)))
-    if float(strategy.reduce("MEAN", steps, axis=None)) != position.step:
+    # Sums over the N replicas of the steps and of their squares (exact integers in float64):
+    # they are N * step and N * step^2 only if every replica's step is this one's, whatever N.
+    step = float(position.step)
+    sums = strategy.run(lambda: tf.constant([step, step * step], tf.float64))
+    replicas = strategy.num_replicas_in_sync
+    if strategy.reduce("SUM", sums, axis=None).numpy().tolist() != [replicas * step,
+                                                                   replicas * step * step]:
         raise UsageError(f"the workers resumed from different backups (this one from step "
                          f"{position.step}); delete the backup directories on every worker to "
                          "start afresh")
