@@ -104,6 +104,17 @@ class DeepStackingNetwork(keras.Model):
                       for k in range(num_modules)]
         self.depth = self.num_modules  # how many modules `call` runs; lowered while training
 
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @depth.setter
+    def depth(self, modules: int):
+        self._depth = int(modules)
+        # Keras traces `call` into its train/test/predict functions once; they must be traced
+        # again for another depth, or `evaluate` would go on running the old number of modules.
+        self.train_function = self.test_function = self.predict_function = None
+
     def build(self, input_shape):
         features = int(np.prod(input_shape[1:]))
         for k, module in enumerate(self.stack):
@@ -155,7 +166,8 @@ class DeepStackingNetwork(keras.Model):
         return upper
 
     def refine_through_upper(self, k: int, dataset: tf.data.Dataset, epochs: int,
-                             batch_size: int = REFINE_BATCH_SIZE, verbose="auto") -> list:
+                             batch_size: int = REFINE_BATCH_SIZE, verbose="auto",
+                             learning_rate=REFINE_LEARNING_RATE) -> list:
         """Gradient descent on module k's W and a, differentiating THROUGH the closed-form U.
 
         For each batch of `batch_size` examples, U = (H^T H + lambda I)^-1 H^T T is solved from
@@ -163,11 +175,12 @@ class DeepStackingNetwork(keras.Model):
         alone and its gradient accounts for how U would follow W (Deng, Yu & Platt, 2012).
         Under a `tf.distribute` strategy the replicas add their H^T H and H^T T before the solve
         (an all-reduce, which the tape differentiates too), so every replica solves the same U.
+        `learning_rate` is Adam's: a number or a `keras.optimizers.schedules` schedule.
         Returns the mean loss of each epoch.
         """
         module = self.stack[k]
         strategy = tf.distribute.get_strategy()
-        optimizer = keras.optimizers.Adam(REFINE_LEARNING_RATE)
+        optimizer = keras.optimizers.Adam(learning_rate)
         variables = [module.lower_kernel, module.lower_bias]
         optimizer.build(variables)
         ridge = self.ridge * tf.eye(self.hidden_units, dtype=tf.float64)

@@ -169,6 +169,11 @@ def test_closed_form_upper_weights_equal_numpy_ridge_least_squares():
         np.testing.assert_allclose(module.upper.numpy(), expected, rtol=1e-4, atol=1e-5)
     # Stacking: module 2 reads the raw input and module 1's outputs.
     assert dsn.stack[1].lower_kernel.shape == (5 + 3, 20)
+    # `depth` picks how many modules run, in eager calls and in Keras' traced predict alike.
+    for depth in (1, 2, 1):
+        dsn.depth = depth
+        expected = dsn.stack[depth - 1](dsn.module_inputs(inputs, depth - 1)).numpy()
+        np.testing.assert_allclose(dsn.predict(inputs, verbose=0), expected, atol=1e-5)
 
 
 def test_refinement_follows_the_gradient_through_the_closed_form_upper_weights():
