@@ -111,8 +111,8 @@ class ConnectionTable(keras.constraints.Constraint):
         return {"inputs": self.inputs, "input_maps": self.input_maps}
 
 
-C5_INITIALIZER = keras.initializers.RandomUniform(-np.sqrt(6 / (5 * 5 * 16 + 5 * 5 * 120)),
-                                                  np.sqrt(6 / (5 * 5 * 16 + 5 * 5 * 120)))
+# Glorot's range for C5 as a 5x5 convolution: fan-in 5 x 5 x 16, fan-out 5 x 5 x 120.
+C5_INIT_LIMIT = float(np.sqrt(6 / (5 * 5 * 16 + 5 * 5 * 120)))
 
 
 def build_lenet5(num_classes: int = 10) -> keras.Model:
@@ -125,10 +125,12 @@ def build_lenet5(num_classes: int = 10) -> keras.Model:
     # C5's 5x5 window covers the whole 5x5 S4 map, so C5 is a fully connected layer over its 400
     # values (the paper calls it a convolution only because a larger input would give it more
     # than one position). As a matmul it trains LeNet-5 13% faster than as a convolution on
-    # this CPU (bench/README.md). Its weights start in the range Glorot gives the 5x5x16->120
-    # convolution (fan-out 25 x 120), so training starts where it always did.
+    # this CPU (bench/README.md). Its weights start in the convolution's Glorot range, so
+    # training starts where it always did. (A new initializer for each model: it draws its seed
+    # when it is made, which must come after the run's seed is set.)
     x = layers.Flatten()(x)  # 400
-    x = layers.Dense(120, activation="tanh", kernel_initializer=C5_INITIALIZER, name="C5")(x)
+    c5_init = keras.initializers.RandomUniform(-C5_INIT_LIMIT, C5_INIT_LIMIT)
+    x = layers.Dense(120, activation="tanh", kernel_initializer=c5_init, name="C5")(x)
     x = layers.Dense(84, activation="tanh", name="F6")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="lenet5")
