@@ -202,17 +202,19 @@ def build_dsn(num_classes: int = 10) -> keras.Model:
 
 def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
               validation_batches: tf.data.Dataset, num_classes: int, refine_epochs: int,
-              run_dir: Path, verbose) -> None:
-    """Module by module; history.csv gets one row per module (its "epoch" is the module)."""
+              run_dir: Path, verbose, undistorted_batches: tf.data.Dataset | None = None) -> None:
+    """Module by module; history.csv gets one row per module (its "epoch" is the module).
+    With distorted `train_batches`, each module's U is solved from `undistorted_batches`."""
     def one_hot(batches):
         return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
 
+    solve_data = one_hot(undistorted_batches) if undistorted_batches is not None else None
     rows = []
     for k in range(model.num_modules):
         if verbose:
             print(f"DSN module {k + 1}/{model.num_modules}")
         model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs,
-                         verbose=verbose)
+                         verbose=verbose, solve_data=solve_data)
         figures = {split: model.evaluate(one_hot(batches), verbose=0, return_dict=True)
                    for split, batches in (("", train_batches), ("val_", validation_batches))}
         rows.append({"epoch": k, **{f"{split}{name}": figures[split][key]
@@ -303,8 +305,9 @@ def train(
     with strategy.scope():
         model = build_model(model_name, dataset.num_classes)
         if model_name == "dsn":
+            undistorted = image_data.batches(dataset.train, global_batch) if augment else None
             train_dsn(model, epoch_batches(0), validation_batches, dataset.num_classes, epochs,
-                      run_dir, verbose)
+                      run_dir, verbose, undistorted)
         else:
             if model_name == "dbn" and resumed is None:
                 pretrain_dbn(model, epoch_batches(0), run_dir, verbose)

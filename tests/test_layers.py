@@ -176,6 +176,19 @@ def test_closed_form_upper_weights_equal_numpy_ridge_least_squares():
         np.testing.assert_allclose(dsn.predict(inputs, verbose=0), expected, atol=1e-5)
 
 
+def test_upper_weights_are_solved_from_solve_data_when_given():
+    """Refined on distorted inputs, solved on the undistorted ones (what `--augment` does)."""
+    inputs, targets = toy_regression()
+    noisy = inputs + np.random.default_rng(1).normal(0, 0.5, inputs.shape).astype("float32")
+    dsn = DeepStackingNetwork(num_modules=1, hidden_units=12, output_units=3, ridge=1.0)
+    dsn.fit_module(0, tf.data.Dataset.from_tensor_slices((noisy, targets)).batch(64),
+                   refine_epochs=1, verbose=0,
+                   solve_data=tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(64))
+    hidden = dsn.stack[0].hidden(inputs).numpy().astype("float64")
+    expected = np.linalg.solve(hidden.T @ hidden + np.eye(12), hidden.T @ targets)
+    np.testing.assert_allclose(dsn.stack[0].upper.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_refinement_follows_the_gradient_through_the_closed_form_upper_weights():
     """One full-batch refinement step is Adam's first step, lr * sign(gradient): its direction
     must be the sign of the numerical gradient of |H U(W) - T|^2, U(W) the ridge solution."""
