@@ -238,7 +238,7 @@ class DeepStackingNetwork(keras.Model):
                 about undistorted digits (on MNIST, module 1's validation error 1.28% against
                 1.42% with U solved from the undistorted digits plus two distorted passes).
         Returns module k's mean squared error and accuracy after training (on `validation_data`
-        when given); U is solved from the whole of `dataset` at the end.
+        when given); U is solved from the whole of `solve_data` at the end.
         """
         if refine not in ("through_upper", "fixed_upper"):
             raise ValueError(f"refine={refine!r}: choose 'through_upper' or 'fixed_upper'")
