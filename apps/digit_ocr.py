@@ -204,17 +204,39 @@ def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
               validation_batches: tf.data.Dataset, num_classes: int, refine_epochs: int,
               run_dir: Path, verbose, undistorted_batches: tf.data.Dataset | None = None) -> None:
     """Module by module; history.csv gets one row per module (its "epoch" is the module).
-    With distorted `train_batches`, each module's U is solved from `undistorted_batches`."""
+
+    With distorted `train_batches`, each module is refined on them and its U is solved from
+    `undistorted_batches`, the digits it will be asked about, or from those plus two distorted
+    passes (a ridge regression on more, blurrier examples), whichever the validation digits
+    prefer; on a tie, the one that saw more data. On MNIST neither won consistently
+    (bench/README.md).
+    """
     def one_hot(batches):
         return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
 
-    solve_data = one_hot(undistorted_batches) if undistorted_batches is not None else None
+    def validation_error() -> float:
+        return 1.0 - model.evaluate(one_hot(validation_batches), verbose=0,
+                                    return_dict=True)["categorical_accuracy"]
+
+    undistorted = one_hot(undistorted_batches) if undistorted_batches is not None else None
     rows = []
     for k in range(model.num_modules):
         if verbose:
             print(f"DSN module {k + 1}/{model.num_modules}")
         model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs,
-                         verbose=verbose, solve_data=solve_data)
+                         verbose=verbose, solve_data=undistorted)
+        if undistorted is not None:
+            module = model.stack[k]
+            error_undistorted, upper_undistorted = validation_error(), module.upper.numpy()
+            model.solve_upper(k, undistorted.concatenate(one_hot(train_batches).repeat(2)))
+            error_mixed = validation_error()
+            keep_mixed = error_mixed <= error_undistorted  # a tie: the U that saw more digits
+            if not keep_mixed:
+                module.upper.assign(upper_undistorted)
+            if verbose:
+                print(f"  validation error, U from the undistorted digits:"
+                      f" {error_undistorted:.2%}, with two distorted passes added:"
+                      f" {error_mixed:.2%} (kept: {'with' if keep_mixed else 'undistorted'})")
         figures = {split: model.evaluate(one_hot(batches), verbose=0, return_dict=True)
                    for split, batches in (("", train_batches), ("val_", validation_batches))}
         rows.append({"epoch": k, **{f"{split}{name}": figures[split][key]

@@ -40,7 +40,7 @@ import tensorflow as tf
 from keras import ops
 
 RIDGE = 1.0  # lambda: the upper weights' ridge penalty
-REFINE_LEARNING_RATE = 3e-3  # Adam, for the optional gradient refinement of W
+REFINE_LEARNING_RATE = 3e-3  # Adam's initial rate for the gradient refinement of W (cosine decay)
 # Examples per closed-form U inside the refinement: thousands, so that H^T H is well determined
 # (Deng, Yu & Platt use large batches too); smaller datasets are refined full-batch.
 REFINE_BATCH_SIZE = 5000
@@ -167,7 +167,7 @@ class DeepStackingNetwork(keras.Model):
 
     def refine_through_upper(self, k: int, dataset: tf.data.Dataset, epochs: int,
                              batch_size: int = REFINE_BATCH_SIZE, verbose="auto",
-                             learning_rate=REFINE_LEARNING_RATE) -> list:
+                             learning_rate=None) -> list:
         """Gradient descent on module k's W and a, differentiating THROUGH the closed-form U.
 
         For each batch of `batch_size` examples, U = (H^T H + lambda I)^-1 H^T T is solved from
@@ -175,11 +175,18 @@ class DeepStackingNetwork(keras.Model):
         alone and its gradient accounts for how U would follow W (Deng, Yu & Platt, 2012).
         Under a `tf.distribute` strategy the replicas add their H^T H and H^T T before the solve
         (an all-reduce, which the tape differentiates too), so every replica solves the same U.
-        `learning_rate` is Adam's: a number or a `keras.optimizers.schedules` schedule.
+        `learning_rate` is Adam's: a number or a `keras.optimizers.schedules` schedule; by
+        default REFINE_LEARNING_RATE decayed to zero along a cosine over all the refinement's
+        steps (one Adam for all the epochs, so its moments carry over from one to the next).
         Returns the mean loss of each epoch.
         """
         module = self.stack[k]
         strategy = tf.distribute.get_strategy()
+        big_batches = dataset.unbatch().batch(batch_size)
+        if learning_rate is None:
+            steps_per_epoch = int(big_batches.reduce(0, lambda count, *_: count + 1))
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                REFINE_LEARNING_RATE, decay_steps=max(epochs * steps_per_epoch, 1))
         optimizer = keras.optimizers.Adam(learning_rate)
         variables = [module.lower_kernel, module.lower_bias]
         optimizer.build(variables)
@@ -208,7 +215,6 @@ class DeepStackingNetwork(keras.Model):
             losses = strategy.run(step, args=(inputs, targets))
             return strategy.reduce("SUM", losses, axis=None)
 
-        big_batches = dataset.unbatch().batch(batch_size)
         history = []
         for epoch in range(epochs):
             losses = [float(distributed_step(inputs, targets)) for inputs, targets

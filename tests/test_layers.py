@@ -298,6 +298,34 @@ def test_dbn_dreams_look_like_its_data(digit_batches):
     assert np.median(first.free_energy(dreams)) < np.median(first.free_energy(noise)) - 100
 
 
+def test_dsn_on_distorted_digits_keeps_the_upper_weights_validation_prefers(
+        digits, tmp_path, monkeypatch):
+    """`train --model dsn --augment`: U from the undistorted digits, or from them plus two
+    distorted passes, whichever the validation digits prefer. Distortions far past
+    label-preserving make the second clearly worse, so it must not be kept."""
+    from apps import digit_ocr
+
+    monkeypatch.setattr(images, "AUGMENT_ROTATION", 180.0)
+    monkeypatch.setattr(images, "AUGMENT_SHIFT", 10.0)
+    keras.utils.set_random_seed(0)
+    undistorted = images.batches(digits.train, 64)
+    validation = images.batches(digits.validation, 256)
+    dsn = DeepStackingNetwork(num_modules=1, hidden_units=200, output_units=10)
+    digit_ocr.train_dsn(dsn, images.batches(digits.train, 64, shuffle=True, augment=True),
+                        validation, 10, refine_epochs=1, run_dir=tmp_path, verbose=0,
+                        undistorted_batches=undistorted)
+
+    def validation_error():
+        scores = dsn.predict(validation, verbose=0)
+        labels = np.concatenate([labels for _, labels in validation])
+        return np.mean(scores.argmax(axis=1) != labels)
+
+    kept = validation_error()
+    dsn.solve_upper(0, undistorted.map(lambda x, labels: (x, tf.one_hot(labels, 10))))
+    assert kept <= validation_error()
+    assert (tmp_path / "best.keras").is_file()
+
+
 @pytest.mark.parametrize("model_name", ["dbn", "dsn"])
 def test_digit_ocr_trains_dbn_and_dsn_past_95_percent(model_name, tmp_path):
     from apps import digit_ocr
