@@ -34,7 +34,7 @@ def configuration(model_name: str, epochs: int) -> str:
     if model_name == "dbn":
         return (f"{'-'.join(map(str, digit_ocr.DBN_HIDDEN_UNITS))} RBMs, CD-1"
                 f" x {digit_ocr.DBN_PRETRAIN_EPOCHS} epochs each, {epochs} fine-tuning epochs")
-    return (f"{digit_ocr.DSN_MODULES} modules x {digit_ocr.DSN_HIDDEN_UNITS} sigmoid units,"
+    return (f"{DSN_MNIST_MODULES} modules x {DSN_MNIST_HIDDEN_UNITS:,} sigmoid units,"
             f" {epochs} refinement epochs each through U (batches of {dsn.REFINE_BATCH_SIZE},"
             f" Adam {dsn.REFINE_LEARNING_RATE:g} with cosine decay)")
 
@@ -52,17 +52,22 @@ def main(argv=None) -> dict:
         print(f"skipped: {args.data} is not here")
         return {}
 
-    # read by digit_ocr.build_dsn
-    digit_ocr.DSN_HIDDEN_UNITS, digit_ocr.DSN_MODULES = DSN_MNIST_HIDDEN_UNITS, DSN_MNIST_MODULES
     rows, results = [], {}
     for model_name in args.models:
         epochs = args.epochs or EPOCHS[model_name]
         augment = AUGMENT[model_name] if args.augment is None else args.augment
         wall, cpu = time.perf_counter(), time.process_time()
-        metrics = digit_ocr.train(
-            data=args.data, model_name=model_name, epochs=epochs,
-            run_dir=runner.RUNS_ROOT / "bench" / model_name, augment=augment, verbose=2,
-        )
+        # Read by digit_ocr.build_dsn; put back afterwards, for what runs next in this process.
+        app_defaults = digit_ocr.DSN_HIDDEN_UNITS, digit_ocr.DSN_MODULES
+        digit_ocr.DSN_HIDDEN_UNITS = DSN_MNIST_HIDDEN_UNITS
+        digit_ocr.DSN_MODULES = DSN_MNIST_MODULES
+        try:
+            metrics = digit_ocr.train(
+                data=args.data, model_name=model_name, epochs=epochs,
+                run_dir=runner.RUNS_ROOT / "bench" / model_name, augment=augment, verbose=2,
+            )
+        finally:
+            digit_ocr.DSN_HIDDEN_UNITS, digit_ocr.DSN_MODULES = app_defaults
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         error = 1.0 - metrics["test_accuracy"]
         results[model_name] = {

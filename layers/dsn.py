@@ -40,7 +40,7 @@ import tensorflow as tf
 from keras import ops
 
 RIDGE = 1.0  # lambda: the upper weights' ridge penalty
-REFINE_LEARNING_RATE = 3e-3  # Adam's initial rate for the gradient refinement of W (cosine decay)
+REFINE_LEARNING_RATE = 3e-3  # Adam, refining W (through U: the start of a cosine decay)
 # Examples per closed-form U inside the refinement: thousands, so that H^T H is well determined
 # (Deng, Yu & Platt use large batches too); smaller datasets are refined full-batch.
 REFINE_BATCH_SIZE = 5000
@@ -183,6 +183,8 @@ class DeepStackingNetwork(keras.Model):
         module = self.stack[k]
         strategy = tf.distribute.get_strategy()
         big_batches = dataset.unbatch().batch(batch_size)
+        if epochs == 0:
+            return []
         if learning_rate is None:
             steps_per_epoch = int(big_batches.reduce(0, lambda count, *_: count + 1))
             learning_rate = keras.optimizers.schedules.CosineDecay(
