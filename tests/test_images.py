@@ -199,8 +199,13 @@ def test_tfds_unprepared_offline_fails_fast(tmp_path, monkeypatch):
 
 
 def test_network_probe_is_bounded_even_when_the_lookup_hangs(monkeypatch):
-    # No real connection: a stand-in for a DNS lookup that never returns.
-    monkeypatch.setattr(images.socket, "create_connection", lambda *a, **k: time.sleep(30))
+    # No real connection: a stand-in for a DNS lookup that hangs, then fails as a real one
+    # would (the probe's thread outlives this test and must end quietly).
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(30)
+        raise OSError("lookup timed out")
+
+    monkeypatch.setattr(images.socket, "create_connection", hanging_lookup)
     started = time.monotonic()
     assert images.network_reachable(timeout=0.5) is False
     assert time.monotonic() - started < 2
