@@ -214,33 +214,36 @@ def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
     def one_hot(batches):
         return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
 
-    def validation_error() -> float:
-        return 1.0 - model.evaluate(one_hot(validation_batches), verbose=0,
-                                    return_dict=True)["categorical_accuracy"]
-
+    validation = one_hot(validation_batches)
     undistorted = one_hot(undistorted_batches) if undistorted_batches is not None else None
     rows = []
     for k in range(model.num_modules):
         if verbose:
             print(f"DSN module {k + 1}/{model.num_modules}")
-        model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs,
-                         verbose=verbose, solve_data=undistorted)
+        on_validation = model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs,
+                                         validation_data=validation, verbose=verbose,
+                                         solve_data=undistorted)
         if undistorted is not None:
             module = model.stack[k]
-            error_undistorted, upper_undistorted = validation_error(), module.upper.numpy()
+            upper_undistorted = module.upper.numpy()
             model.solve_upper(k, undistorted.concatenate(one_hot(train_batches).repeat(2)))
-            error_mixed = validation_error()
-            keep_mixed = error_mixed <= error_undistorted  # a tie: the U that saw more digits
-            if not keep_mixed:
-                module.upper.assign(upper_undistorted)
+            with_distorted = model.evaluate(validation, verbose=0, return_dict=True)
+            # a tie: the U that saw more digits
+            keep_mixed = (with_distorted["categorical_accuracy"]
+                          >= on_validation["categorical_accuracy"])
             if verbose:
                 print(f"  validation error, U from the undistorted digits:"
-                      f" {error_undistorted:.2%}, with two distorted passes added:"
-                      f" {error_mixed:.2%} (kept: {'with' if keep_mixed else 'undistorted'})")
-        figures = {split: model.evaluate(one_hot(batches), verbose=0, return_dict=True)
-                   for split, batches in (("", train_batches), ("val_", validation_batches))}
-        rows.append({"epoch": k, **{f"{split}{name}": figures[split][key]
-                                    for split in figures
+                      f" {1 - on_validation['categorical_accuracy']:.2%}, with two distorted"
+                      f" passes added: {1 - with_distorted['categorical_accuracy']:.2%}"
+                      f" (kept: {'with' if keep_mixed else 'undistorted'})")
+            if keep_mixed:
+                on_validation = with_distorted
+            else:
+                module.upper.assign(upper_undistorted)
+        on_training = model.evaluate(one_hot(train_batches), verbose=0, return_dict=True)
+        rows.append({"epoch": k, **{f"{split}{name}": figures[key]
+                                    for split, figures in (("", on_training),
+                                                           ("val_", on_validation))
                                     for name, key in (("accuracy", "categorical_accuracy"),
                                                       ("loss", "loss"))}})
     with open(run_dir / "history.csv", "w") as handle:

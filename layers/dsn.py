@@ -243,9 +243,9 @@ class DeepStackingNetwork(keras.Model):
                 each followed by a new closed-form U.
             refine_batch_size: examples per closed-form U in the "through_upper" refinement.
             solve_data: the batches U is solved from in the end (default: `dataset`). When
-                `dataset` distorts its images, the undistorted ones: the module will be asked
-                about undistorted digits (on MNIST, module 1's validation error 1.28% against
-                1.42% with U solved from the undistorted digits plus two distorted passes).
+                `dataset` distorts its images, e.g. the undistorted ones, which the module will
+                be asked about (`apps.digit_ocr.train_dsn` also tries them plus distorted passes
+                and keeps the U the validation digits prefer).
         Returns module k's mean squared error and accuracy after training (on `validation_data`
         when given); U is solved from the whole of `solve_data` at the end.
         """
