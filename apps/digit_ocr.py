@@ -25,6 +25,7 @@ fine-tuned by backpropagation, Hinton et al., 2006), and `dsn`, a deep stacking 
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -201,9 +202,12 @@ def build_dsn(num_classes: int = 10) -> keras.Model:
 
 
 def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
-              validation_batches: tf.data.Dataset, num_classes: int, refine_epochs: int,
-              run_dir: Path, verbose, undistorted_batches: tf.data.Dataset | None = None) -> None:
+              validation_batches: tf.data.Dataset, num_classes: int,
+              refine_epochs: int | Sequence[int], run_dir: Path, verbose,
+              undistorted_batches: tf.data.Dataset | None = None) -> None:
     """Module by module; history.csv gets one row per module (its "epoch" is the module).
+
+    `refine_epochs`: for every module, or a list with one count per module (0: W stays random).
 
     With distorted `train_batches`, each module is refined on them and its U is solved from
     `undistorted_batches`, the digits it will be asked about, or from those plus two distorted
@@ -216,11 +220,13 @@ def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
 
     validation = one_hot(validation_batches)
     undistorted = one_hot(undistorted_batches) if undistorted_batches is not None else None
+    if np.isscalar(refine_epochs):
+        refine_epochs = [refine_epochs] * model.num_modules
     rows = []
     for k in range(model.num_modules):
         if verbose:
             print(f"DSN module {k + 1}/{model.num_modules}")
-        on_validation = model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs,
+        on_validation = model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs[k],
                                          validation_data=validation, verbose=verbose,
                                          solve_data=undistorted)
         if undistorted is not None:
@@ -295,7 +301,7 @@ def count(split: tf.data.Dataset) -> int:
 def train(
     data: str = DEFAULT_DATA,
     model_name: str = DEFAULT_MODEL,
-    epochs: int | None = None,
+    epochs: int | Sequence[int] | None = None,
     batch_size: int = BATCH_SIZE,
     strategy_name: str = "auto",
     run_dir: Path | None = None,
@@ -305,7 +311,10 @@ def train(
     jit: bool = False,
     backup_every: int | None = None,
 ) -> dict:
-    """Trains on `data`'s training split, selects on validation, reports on test."""
+    """Trains on `data`'s training split, selects on validation, reports on test.
+
+    For the DSN `epochs` counts refinement epochs per module, or is a list of one per module.
+    """
     epochs = epochs or default_epochs(model_name)
     keras.utils.set_random_seed(seed)
     dataset = image_data.load_image_dataset(data)

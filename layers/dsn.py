@@ -35,6 +35,8 @@ on MNIST (bench/README.md) it stopped at 1.73% test error, the gradient through 
 TFLite like any other (its ops are matmuls, sigmoids and concatenations).
 """
 
+from collections.abc import Sequence
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -45,6 +47,7 @@ REFINE_LEARNING_RATE = 3e-3  # Adam, refining W (through U: the start of a cosin
 # Examples per closed-form U inside the refinement: thousands, so that H^T H is well determined
 # (Deng, Yu & Platt use large batches too); smaller datasets are refined full-batch.
 REFINE_BATCH_SIZE = 5000
+SOLVE_BATCH_SIZE = 5000  # examples per H^T H product when U is solved from a whole dataset
 
 
 @keras.saving.register_keras_serializable(package="layers")
@@ -91,18 +94,25 @@ class DeepStackingNetwork(keras.Model):
 
     Train it module by module with `fit_module(k, dataset)` (k = 0, 1, ...), where `dataset`
     yields (inputs, one-hot targets) batches. Inputs are flattened here, so images can go in as
-    they are.
+    they are. `hidden_units` is one width for every module or a list, one per module: on MNIST
+    (bench/mnist_layers.py) five refined modules of 3,000 units carry a wide top module whose
+    W stays random, too costly to refine (its H^T H grows with the square of the width).
     """
 
-    def __init__(self, num_modules: int, hidden_units: int, output_units: int,
+    def __init__(self, num_modules: int, hidden_units: int | Sequence[int], output_units: int,
                  ridge: float = RIDGE, **kwargs):
         super().__init__(**kwargs)
         self.num_modules = int(num_modules)
-        self.hidden_units = int(hidden_units)
+        widths = ([int(hidden_units)] * self.num_modules if np.isscalar(hidden_units)
+                  else [int(units) for units in hidden_units])
+        if len(widths) != self.num_modules:
+            raise ValueError(f"hidden_units={hidden_units}: one width for all modules, or one"
+                             f" per module ({self.num_modules})")
+        self.hidden_units = widths[0] if np.isscalar(hidden_units) else widths
         self.output_units = int(output_units)
         self.ridge = float(ridge)
-        self.stack = [DSNModule(hidden_units, output_units, name=f"module_{k + 1}")
-                      for k in range(num_modules)]
+        self.stack = [DSNModule(units, output_units, name=f"module_{k + 1}")
+                      for k, units in enumerate(widths)]
         self.depth = self.num_modules  # how many modules `call` runs; lowered while training
 
     @property
@@ -156,13 +166,15 @@ class DeepStackingNetwork(keras.Model):
                     strategy.reduce("SUM", cross, axis=None))
 
         # Sums in float64: over tens of thousands of examples float32 loses the small directions.
-        gram = np.zeros((self.hidden_units, self.hidden_units))
-        cross = np.zeros((self.hidden_units, self.output_units))
-        for inputs, targets in strategy.experimental_distribute_dataset(dataset):
+        # Large batches: each product is a whole [hidden, hidden] matrix, 1.2 GB for 12,000 units.
+        gram = np.zeros((module.hidden_units, module.hidden_units))
+        cross = np.zeros((module.hidden_units, self.output_units))
+        big_batches = dataset.unbatch().batch(SOLVE_BATCH_SIZE)
+        for inputs, targets in strategy.experimental_distribute_dataset(big_batches):
             batch_gram, batch_cross = accumulate(inputs, targets)
             gram += batch_gram.numpy()
             cross += batch_cross.numpy()
-        upper = np.linalg.solve(gram + self.ridge * np.eye(self.hidden_units), cross)
+        upper = np.linalg.solve(gram + self.ridge * np.eye(module.hidden_units), cross)
         module.upper.assign(upper.astype("float32"))
         return upper
 
@@ -193,7 +205,7 @@ class DeepStackingNetwork(keras.Model):
         optimizer = keras.optimizers.Adam(learning_rate)
         variables = [module.lower_kernel, module.lower_bias]
         optimizer.build(variables)
-        ridge = self.ridge * tf.eye(self.hidden_units, dtype=tf.float64)
+        ridge = self.ridge * tf.eye(module.hidden_units, dtype=tf.float64)
 
         def step(inputs, targets):  # one replica's share of one batch
             context = tf.distribute.get_replica_context()
