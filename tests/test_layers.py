@@ -189,6 +189,31 @@ def test_upper_weights_are_solved_from_solve_data_when_given():
     np.testing.assert_allclose(dsn.stack[0].upper.numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_modules_of_different_widths_a_random_top_one_and_a_round_trip_through_saving(tmp_path):
+    """What the MNIST benchmark stacks: refined modules, then a wider one whose W stays random."""
+    inputs, targets = toy_regression()
+    batches = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(64)
+    keras.utils.set_random_seed(4)
+    dsn = DeepStackingNetwork(num_modules=2, hidden_units=[6, 40], output_units=3)
+    dsn.fit_module(0, batches, refine_epochs=2, verbose=0)
+    top = dsn.stack[1]
+    random_kernel = top.lower_kernel.numpy()
+    dsn.fit_module(1, batches, refine_epochs=0, verbose=0)
+    assert top.lower_kernel.shape == (5 + 3, 40) and top.upper.shape == (40, 3)
+    np.testing.assert_array_equal(top.lower_kernel.numpy(), random_kernel)
+    hidden = top.hidden(dsn.module_inputs(inputs, 1)).numpy().astype("float64")
+    expected = np.linalg.solve(hidden.T @ hidden + np.eye(40), hidden.T @ targets)
+    np.testing.assert_allclose(top.upper.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+    dsn.save(tmp_path / "dsn.keras")
+    reloaded = keras.models.load_model(tmp_path / "dsn.keras", compile=False)
+    assert reloaded.hidden_units == [6, 40]
+    np.testing.assert_allclose(reloaded.predict(inputs, verbose=0),
+                               dsn.predict(inputs, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="one per module"):
+        DeepStackingNetwork(num_modules=3, hidden_units=[6, 40], output_units=3)
+
+
 def test_refinement_follows_the_gradient_through_the_closed_form_upper_weights():
     """One full-batch refinement step is Adam's first step, lr * sign(gradient): its direction
     must be the sign of the numerical gradient of |H U(W) - T|^2, U(W) the ridge solution."""
