@@ -218,7 +218,7 @@ def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
     def one_hot(batches):
         return batches.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
 
-    validation = one_hot(validation_batches)
+    training, validation = one_hot(train_batches), one_hot(validation_batches)
     undistorted = one_hot(undistorted_batches) if undistorted_batches is not None else None
     if np.isscalar(refine_epochs):
         refine_epochs = [refine_epochs] * model.num_modules
@@ -226,13 +226,13 @@ def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
     for k in range(model.num_modules):
         if verbose:
             print(f"DSN module {k + 1}/{model.num_modules}")
-        on_validation = model.fit_module(k, one_hot(train_batches), refine_epochs=refine_epochs[k],
+        on_validation = model.fit_module(k, training, refine_epochs=refine_epochs[k],
                                          validation_data=validation, verbose=verbose,
                                          solve_data=undistorted)
         if undistorted is not None:
             module = model.stack[k]
             upper_undistorted = module.upper.numpy()
-            model.solve_upper(k, undistorted.concatenate(one_hot(train_batches).repeat(2)))
+            model.solve_upper(k, undistorted.concatenate(training.repeat(2)))
             with_distorted = model.evaluate(validation, verbose=0, return_dict=True)
             # a tie: the U that saw more digits
             keep_mixed = (with_distorted["categorical_accuracy"]
@@ -246,7 +246,7 @@ def train_dsn(model: DeepStackingNetwork, train_batches: tf.data.Dataset,
                 on_validation = with_distorted
             else:
                 module.upper.assign(upper_undistorted)
-        on_training = model.evaluate(one_hot(train_batches), verbose=0, return_dict=True)
+        on_training = model.evaluate(training, verbose=0, return_dict=True)
         rows.append({"epoch": k, **{f"{split}{name}": figures[key]
                                     for split, figures in (("", on_training),
                                                            ("val_", on_validation))
