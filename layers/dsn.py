@@ -95,7 +95,7 @@ class DeepStackingNetwork(keras.Model):
     Train it module by module with `fit_module(k, dataset)` (k = 0, 1, ...), where `dataset`
     yields (inputs, one-hot targets) batches. Inputs are flattened here, so images can go in as
     they are. `hidden_units` is one width for every module or a list, one per module: on MNIST
-    (bench/mnist_layers.py) five refined modules of 3,000 units carry a wide top module whose
+    (bench/mnist_layers.py) eight refined modules of 2,400 units carry a wide top module whose
     W stays random, too costly to refine (its H^T H grows with the square of the width).
     """
 
