@@ -48,7 +48,7 @@ RECIPES = {  # refined modules, then one wide module whose W stays random (0 epo
 }
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:  # pipelines.images has one, but imports TensorFlow
     data = gzip.decompress(path.read_bytes())
     dims = data[3]
     shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
@@ -90,10 +90,8 @@ def in_batches(*tensors):
     return zip(*(tensor.split(BATCH_SIZE) for tensor in tensors))
 
 
-def ridge_solve(hidden, targets, gram=None, cross=None):
-    """U = (H^T H + lambda I)^-1 H^T T in float64; H^T H and H^T T may come summed already."""
-    gram = hidden.T.double() @ hidden.double() if gram is None else gram
-    cross = hidden.T.double() @ targets.double() if cross is None else cross
+def ridge_solve(gram, cross):
+    """U = (H^T H + lambda I)^-1 H^T T, from H^T H and H^T T, in float64."""
     gram = gram + RIDGE * torch.eye(len(gram), dtype=torch.float64, device=DEVICE)
     return torch.cholesky_solve(cross, torch.linalg.cholesky(gram)).float()
 
@@ -108,14 +106,14 @@ def solve_upper(stack, lower, bias, passes):
             hidden = torch.sigmoid(module_inputs(stack, image_batch) @ lower + bias).double()
             gram += hidden.T @ hidden
             cross += hidden.T @ F.one_hot(label_batch, 10).double()
-    return ridge_solve(None, None, gram, cross)
+    return ridge_solve(gram, cross)
 
 
 @torch.no_grad()
 def error_rate(stack, images, labels):
-    *below, (lower, bias, upper) = stack
-    wrong = sum(int((torch.argmax(torch.sigmoid(module_inputs(below, x) @ lower + bias) @ upper, 1)
-                     != y).sum()) for x, y in in_batches(images, labels))
+    # the top module's outputs are the last 10 columns of what a module above it would read
+    wrong = sum(int((torch.argmax(module_inputs(stack, x)[:, -10:], 1) != y).sum())
+                for x, y in in_batches(images, labels))
     return wrong / len(labels)
 
 
@@ -133,19 +131,19 @@ def refine(stack, lower, bias, images, labels, epochs, learning_rate, generator)
                 inputs = module_inputs(stack, image_batch)
             targets = F.one_hot(label_batch, 10).float()
             hidden = torch.sigmoid(inputs @ lower + bias)
-            loss = ((hidden @ ridge_solve(hidden, targets) - targets) ** 2).sum() / len(targets)
+            upper = ridge_solve((hidden.T @ hidden).double(), (hidden.T @ targets).double())
+            loss = ((hidden @ upper - targets) ** 2).sum() / len(targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
 
 
-def train(recipe: str, seed: int, data: Path, learning_rate: float = LEARNING_RATE,
+def train(recipe: str, seed: int, mnist, learning_rate: float = LEARNING_RATE,
           units=(), epochs=()):
     generator = torch.Generator(device=DEVICE).manual_seed(seed)
     torch.manual_seed(seed)
-    images, labels = load_mnist(data, "train")
-    test_images, test_labels = load_mnist(data, "t10k")
+    (images, labels), (test_images, test_labels) = mnist
     train_images, train_labels = images[:-VALIDATION_DIGITS], labels[:-VALIDATION_DIGITS]
     valid_images, valid_labels = images[-VALIDATION_DIGITS:], labels[-VALIDATION_DIGITS:]
     stack, rows = [], []
@@ -185,9 +183,10 @@ def main(argv=None):
     for recipe, seed in runs:
         if recipe not in RECIPES or not seed.isdigit():
             parser.error(f"{recipe}:{seed}: give RECIPE:SEED, recipes {', '.join(RECIPES)}")
+    mnist = load_mnist(args.data, "train"), load_mnist(args.data, "t10k")
     rows = []
     for recipe, seed in runs:
-        rows += train(recipe, int(seed), args.data, **RECIPES[recipe])
+        rows += train(recipe, int(seed), mnist, **RECIPES[recipe])
     save_results("dsn_recipes_torch", {"device": DEVICE, "modules": rows})
 
 
