@@ -97,16 +97,16 @@ def ridge_solve(gram, cross):
 
 
 @torch.no_grad()
-def solve_upper(stack, lower, bias, passes):
+def upper_statistics(stack, lower, bias, images, labels):
+    """H^T H and H^T T over one pass of the digits, in float64."""
     units = lower.shape[1]
     gram = torch.zeros(units, units, dtype=torch.float64, device=DEVICE)
     cross = torch.zeros(units, 10, dtype=torch.float64, device=DEVICE)
-    for images, labels in passes:
-        for image_batch, label_batch in in_batches(images, labels):
-            hidden = torch.sigmoid(module_inputs(stack, image_batch) @ lower + bias).double()
-            gram += hidden.T @ hidden
-            cross += hidden.T @ F.one_hot(label_batch, 10).double()
-    return ridge_solve(gram, cross)
+    for image_batch, label_batch in in_batches(images, labels):
+        hidden = torch.sigmoid(module_inputs(stack, image_batch) @ lower + bias).double()
+        gram += hidden.T @ hidden
+        cross += hidden.T @ F.one_hot(label_batch, 10).double()
+    return gram, cross
 
 
 @torch.no_grad()
@@ -139,8 +139,8 @@ def refine(stack, lower, bias, images, labels, epochs, learning_rate, generator)
             step += 1
 
 
-def train(recipe: str, seed: int, mnist, learning_rate: float = LEARNING_RATE,
-          units=(), epochs=()):
+def train(recipe: str, seed: int, mnist, *, units, epochs, learning_rate: float = LEARNING_RATE):
+    """One recipe: `units` and `epochs` per module (0 epochs: W stays random)."""
     generator = torch.Generator(device=DEVICE).manual_seed(seed)
     torch.manual_seed(seed)
     (images, labels), (test_images, test_labels) = mnist
@@ -155,13 +155,18 @@ def train(recipe: str, seed: int, mnist, learning_rate: float = LEARNING_RATE,
         refine(stack, lower, bias, train_images, train_labels, module_epochs, learning_rate,
                generator)
         lower, bias = lower.detach(), bias.detach()
-        clean = solve_upper(stack, lower, bias, [(train_images, train_labels)])
-        mixed = solve_upper(stack, lower, bias, [(train_images, train_labels)] + [
-            (distort(train_images, generator), train_labels) for _ in range(DISTORTED_PASSES)])
+        # the mixed U's sums start from the clean U's: the undistorted pass is made once
+        gram, cross = upper_statistics(stack, lower, bias, train_images, train_labels)
+        uppers = {"clean": ridge_solve(gram, cross)}
+        for _ in range(DISTORTED_PASSES):
+            distorted_gram, distorted_cross = upper_statistics(
+                stack, lower, bias, distort(train_images, generator), train_labels)
+            gram, cross = gram + distorted_gram, cross + distorted_cross
+        uppers["mixed"] = ridge_solve(gram, cross)
         errors = {name: error_rate(stack + [(lower, bias, upper)], valid_images, valid_labels)
-                  for name, upper in (("clean", clean), ("mixed", mixed))}
+                  for name, upper in uppers.items()}
         kept = "mixed" if errors["mixed"] <= errors["clean"] else "clean"
-        stack.append((lower, bias, mixed if kept == "mixed" else clean))
+        stack.append((lower, bias, uppers[kept]))
         rows.append({
             "recipe": recipe, "seed": seed, "module": k + 1, "units": width,
             "epochs": module_epochs, "validation_clean": errors["clean"],
