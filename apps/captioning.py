@@ -46,9 +46,14 @@ from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
-from apps.translation import GlobalClipAdam, MaskedAccuracy, MaskedCrossEntropy, in_float32
 from layers.attention import AttentionDecoder
 from layers.beam_search import EncoderDecoderSearch
+from models.sequence_training import (
+    GlobalClipAdam,
+    MaskedAccuracy,
+    MaskedCrossEntropy,
+    in_float32,
+)
 from pipelines import DataError, shape_scenes
 from pipelines import captions as cp
 from pipelines import text_pairs as tp

@@ -435,10 +435,10 @@ def train(
     strategy = runner.choose_strategy(strategy_name)
     run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(model_name)), strategy)
     global_batch = batch_size * strategy.num_replicas_in_sync
-    steps_per_epoch = digit_ocr.count(dataset.train) // global_batch  # full batches only
+    steps_per_epoch = image_data.count(dataset.train) // global_batch  # full batches only
     if steps_per_epoch == 0:
         raise UsageError(f"--batch-size {batch_size}: the global batch of {global_batch} is"
-                         f" larger than the {digit_ocr.count(dataset.train)} training images")
+                         f" larger than the {image_data.count(dataset.train)} training images")
     if evaluator is not None:
         check_evaluator(Path(evaluator), data)  # before minutes of training, not after
 
@@ -525,7 +525,8 @@ def evaluator_lenet(run_dir: Path, data: str, evaluator: Path | None,
     except UsageError:
         epochs = EVALUATOR_EPOCHS["small" if train_size <= 10_000 else "large"]
         print(f"Training the evaluator LeNet-5 on {data} ({epochs} epochs) in {own}")
-        digit_ocr.train(data=data, epochs=epochs, run_dir=own, verbose=0)
+        digit_ocr.train(digit_ocr.TrainConfig(data=data, epochs=epochs, run_dir=own,
+                                              verbose=0))
     return digit_ocr.load_run(own)[0], own
 
 
@@ -588,7 +589,7 @@ def evaluate(run_dir: Path | None = None, model_name: str = DEFAULT_MODEL,
     if evaluator is None and run.get("evaluator"):
         evaluator = Path(run["evaluator"])
     dataset = image_data.load_image_dataset(run["data"])
-    train_size = digit_ocr.count(dataset.train)
+    train_size = image_data.count(dataset.train)
     lenet, evaluator_dir = evaluator_lenet(run_dir, run["data"], evaluator, train_size)
     judge = Judge(lenet)
     num_classes, latent_dim = dataset.num_classes, run["latent_dim"]

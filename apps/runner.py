@@ -1,9 +1,11 @@
-"""What every app's `train` command needs besides its model: devices and distribution strategy,
-a run directory with its callbacks and plots, and a command line that reports bad input in one line.
+"""What every app's commands need besides their model: devices and distribution strategy, the
+training outline (`TrainingRun`), run directories (`RunDir`) and which one was trained last, and a
+command line that reports bad input in one line.
 
 A run directory holds one training run:
 
     runs/<app>/<model>/
+        run.json           the app's config (its dataclass, `asdict`) and what the data decided
         backup/            step-level backups (`apps.backup`); a re-run of the same command
                            resumes exactly where the newest one was taken
         best.keras         the checkpoint with the best validation metric
@@ -11,16 +13,20 @@ A run directory holds one training run:
         training_curves.png
         logs/              TensorBoard
         metrics.json       the final figures
+    runs/<app>/LAST        the path of the run trained last: what evaluate, predict and export
+                           read unless --run-dir (or --model) says otherwise
 """
 
 import argparse
 import csv
+import dataclasses
 import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from apps import backup
@@ -178,24 +184,27 @@ def start_run(run_dir: Path) -> backup.Position | None:
     return position
 
 
-def training_callbacks(run_dir: Path, monitor: str = "val_accuracy", resumed: bool = False,
-                       mode: str = "max"):
+def best_so_far(run_dir: Path, monitor: str, mode: str = "max") -> float | None:
+    """The best `monitor` in history.csv (a resumed run must beat the epochs before the kill)."""
+    history = read_history(run_dir) if (run_dir / "history.csv").is_file() else {}
+    best = max if mode == "max" else min  # mode "min" for a monitored loss
+    return best(history[monitor]) if history.get(monitor) else None
+
+
+def training_callbacks(run_dir: Path, monitor: str | None = "val_accuracy",
+                       resumed: bool = False, mode: str = "max"):
+    """The history row, the best checkpoint by `monitor` (none when None) and TensorBoard."""
     import keras
 
-    # A resumed run must beat the best epoch before the kill to replace best.keras.
-    history = read_history(run_dir) if resumed and (run_dir / "history.csv").is_file() else {}
-    best = max if mode == "max" else min  # mode "min" for a monitored loss
-    best_so_far = best(history[monitor]) if history.get(monitor) else None
     # `fit` below calls Keras' fit once per epoch: the log appends (start_run clears it for a
     # fresh run). The backup comes last in `fit`, after the history row and the checkpoint.
-    return [
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(
+    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
+    if monitor is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
             str(run_dir / "best.keras"), monitor=monitor, mode=mode, save_best_only=True,
-            initial_value_threshold=best_so_far,
-        ),
-        keras.callbacks.TensorBoard(str(run_dir / "logs")),
-    ]
+            initial_value_threshold=best_so_far(run_dir, monitor, mode) if resumed else None,
+        ))
+    return [*callbacks, keras.callbacks.TensorBoard(str(run_dir / "logs"))]
 
 
 def agree_on_position(strategy, position: backup.Position) -> None:
@@ -301,7 +310,149 @@ def plot_history(run_dir: Path) -> Path:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")  # Paths as strings
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs, run directories, the last run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainingConfig:
+    """How a `train` command runs. Each app's config extends it with its own fields; the command
+    line fills it (`config_from_args`) and run.json stores it (`asdict`)."""
+
+    epochs: int
+    batch_size: int  # per replica
+    seed: int = 42
+    strategy: str = "auto"
+    devices: int = 1  # logical CPUs, to try MirroredStrategy without GPUs
+    mixed_precision: bool = False
+    jit: bool = False
+    backup_every: int | None = None
+    run_dir: Path | None = None
+    verbose: int | str = "auto"
+
+
+def config_from_args(config_class, args: argparse.Namespace, **overrides):
+    """The config dataclass filled from the parsed options whose names are its fields."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    values = {name: value for name, value in vars(args).items() if name in names}
+    return config_class(**(values | overrides))
+
+
+class RunDir:
+    """One run directory: its files, run.json and metrics.json, and the app's last-run mark."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        """A file training wrote; a UsageError if it is missing (nothing trained there yet)."""
+        path = self.path / name
+        if not path.exists():
+            raise UsageError(f"{self.path}: no trained model ({name}); run `train` first")
+        return path
+
+    def config(self) -> dict:
+        return json.loads(self.file("run.json").read_text())
+
+    def write_config(self, payload: dict) -> None:
+        write_json(self.path / "run.json", payload)
+
+    def write_metrics(self, payload: dict) -> None:
+        write_json(self.path / "metrics.json", payload)
+
+    def mark_last(self, app: str) -> None:
+        last = last_run_file(app)
+        last.parent.mkdir(parents=True, exist_ok=True)
+        last.write_text(f"{self.path.resolve()}\n")
+
+
+def last_run_file(app: str) -> Path:
+    return RUNS_ROOT / app / "LAST"  # RUNS_ROOT read at call time: tests point it elsewhere
+
+
+def find_run(app: str, run_dir: Path | None = None, model_dir: Path | None = None,
+             fallback: Path | None = None) -> RunDir:
+    """The run a command reads: --run-dir; else the default directory of the --model named;
+    else the app's last trained run; else `fallback` (where runs were kept before LAST)."""
+    if run_dir is not None or model_dir is not None:
+        return RunDir(run_dir or model_dir)
+    last = last_run_file(app)
+    if last.is_file():
+        return RunDir(Path(last.read_text().strip()))
+    if fallback is not None:
+        return RunDir(fallback)
+    raise UsageError(f"no trained {app} run yet: run `python -m apps.{app} train` first, or"
+                     " name one with --run-dir")
+
+
+class TrainingRun:
+    """The outline every app's `train` follows; the app supplies what is its own:
+
+        run = runner.TrainingRun(APP, config, default_dir)   # seed, strategy, global batch
+        ... read and check the data; epoch_batches(epoch) built with run.global_batch ...
+        run.start(class_names=...)          # run directory ready (fresh or resumed), run.json
+        with run.strategy.scope():
+            model = build_model(...); model.compile(...)
+        steps = run.fit(model, epoch_batches, steps_per_epoch=..., validation_data=...)
+        ... held-out figures of the best checkpoint ...
+        return run.finish(metrics)          # metrics.json; the app's last run (chief only)
+
+    The directory is touched only in `start`, after the data has been read: a bad --data
+    leaves an earlier run as it was.
+    """
+
+    def __init__(self, app: str, config: TrainingConfig, default_dir: Path):
+        import keras
+
+        keras.utils.set_random_seed(config.seed)
+        self.app, self.config = app, config
+        self.strategy = choose_strategy(config.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.global_batch = config.batch_size * self.replicas
+        self.dir = RunDir(worker_run_dir(Path(config.run_dir or default_dir), self.strategy))
+        self.path = self.dir.path
+        self.resumed: backup.Position | None = None
+        self.training_seconds: float | None = None
+
+    def scaled_learning_rate(self, learning_rate: float) -> float:
+        return scaled_learning_rate(learning_rate, self.strategy)
+
+    def start(self, **facts) -> None:
+        """Prepares the directory (`start_run`) and writes run.json: the config, then `facts`
+        (what the data decided: class names, vocabulary sizes, row counts...)."""
+        self.resumed = start_run(self.path)
+        self.dir.write_config({"app": self.app, **dataclasses.asdict(self.config), **facts,
+                               "replicas": self.replicas, "global_batch_size": self.global_batch})
+
+    def fit(self, model, epoch_batches, *, steps_per_epoch: int, validation_data=None,
+            monitor: str | None = "val_accuracy", mode: str = "max", callbacks=()) -> int:
+        """`runner.fit` for the config's epochs with the run's callbacks after the app's own
+        (`callbacks` may add to the logs that the history row and the checkpoint read), then
+        the training curves. `monitor=None`: no best.keras (the app keeps its own model)."""
+        started = time.perf_counter()
+        steps = fit(model, epoch_batches, self.config.epochs, self.path,
+                    steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                    callbacks=[*callbacks, *training_callbacks(
+                        self.path, monitor, resumed=self.resumed is not None, mode=mode)],
+                    backup_every=self.config.backup_every, jit=self.config.jit,
+                    verbose=self.config.verbose)
+        self.training_seconds = round(time.perf_counter() - started, 1)
+        plot_history(self.path)
+        return steps
+
+    def finish(self, metrics: dict) -> dict:
+        """metrics.json; on the chief, this run becomes the app's last run."""
+        self.dir.write_metrics(metrics)
+        if is_chief(self.strategy):  # another worker's run directory is scratch
+            self.dir.mark_last(self.app)
+        return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,3 +518,19 @@ def run_cli(main, argv=None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def print_export(report: dict) -> None:
+    """`export`'s table: one row per `.tflite` variant with the figures of its LiteRT check."""
+
+    def shown(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    print_table([
+        {"format": f"TFLite {variant}", "file": row["file"],
+         "size (KiB)": f"{row['bytes'] / 1024:.1f}",
+         **{key.replace("_", " "): shown(value) for key, value in row.items()
+            if key not in ("file", "bytes")}}
+        for variant, row in report.items() if isinstance(row, dict) and "bytes" in row
+    ])
+    print(f"\nSavedModel and .tflite files in {report['saved_model']}")

@@ -45,6 +45,12 @@ from apps import runner
 from apps.runner import UsageError
 from layers.attention import ATTENTIONS, CELLS, AttentionDecoder
 from layers.beam_search import EncoderDecoderSearch
+from models.sequence_training import (
+    GlobalClipAdam,
+    MaskedAccuracy,
+    MaskedCrossEntropy,
+    in_float32,
+)
 from pipelines import DataError, number_corpus
 from pipelines import text_pairs as tp
 from serving import export as exporting
@@ -190,87 +196,6 @@ def build_model(source_vocab: int, target_vocab: int, embedding_dim: int = EMBED
     memory, memory_mask, initial_state = encoder(source)
     logits = decoder(target_in, memory, memory_mask, initial_state)
     return keras.Model([source, target_in], logits, name=f"{cell}_{attention}_translator")
-
-
-def sum_over_replicas(value):
-    """`value` summed over the replicas that run this step together (itself on one device)."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-@keras.saving.register_keras_serializable(package=APP)
-class MaskedCrossEntropy(keras.losses.Loss):
-    """Mean cross-entropy over the real (non-padding) target tokens of a batch, with optional
-    label smoothing: a share of the target probability spread over the whole vocabulary."""
-
-    def __init__(self, label_smoothing=0.0, name="masked_cross_entropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = label_smoothing
-
-    def call(self, y_true, y_pred):
-        mask = ops.cast(ops.not_equal(y_true, tp.PAD), "float32")
-        log_probs = ops.log_softmax(y_pred, axis=-1)
-        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), -1), -1)
-        if self.label_smoothing:
-            uniform = -ops.mean(log_probs, axis=-1)
-            nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
-        # Under MirroredStrategy each replica holds a slice of the batch, with its own number of
-        # real tokens, and the optimizer sums the replicas' gradients: dividing by the whole
-        # batch's token count makes that sum the gradient of the batch's mean, as on one device.
-        return ops.sum(nll * mask) / ops.maximum(sum_over_replicas(ops.sum(mask)), 1.0)
-
-    def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-
-@keras.saving.register_keras_serializable(package=APP)
-class MaskedAccuracy(keras.metrics.Metric):
-    """Share of real (non-padding) target tokens predicted right under teacher forcing, counted
-    over all tokens of the epoch (a mean of per-batch shares would overweight small batches)."""
-
-    def __init__(self, name="masked_accuracy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.right = self.add_variable((), initializer="zeros", name="right", aggregation="sum")
-        self.total = self.add_variable((), initializer="zeros", name="total", aggregation="sum")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = ops.cast(y_true, "int32")
-        mask = ops.cast(ops.not_equal(y_true, tp.PAD), "float32")
-        right = ops.cast(ops.equal(y_true, ops.cast(ops.argmax(y_pred, axis=-1), "int32")),
-                         "float32")
-        self.right.assign_add(ops.sum(right * mask))
-        self.total.assign_add(ops.sum(mask))
-
-    def result(self):
-        return self.right / ops.maximum(self.total, 1.0)
-
-    def reset_state(self):
-        self.right.assign(0.0)
-        self.total.assign(0.0)
-
-
-@keras.saving.register_keras_serializable(package=APP)
-class GlobalClipAdam(keras.optimizers.Adam):
-    """Adam whose `global_clipnorm` measures the gradient of the whole global batch.
-
-    Under MirroredStrategy, Keras 3.15 clips each replica's gradient before it sums them
-    (`_clip_gradients` runs before the all-reduce in `apply`): two replicas would clip two
-    half-batch gradients, a different update from one device's. Here the replicas first sum
-    their gradients to measure the norm (one all-reduce more per step), then each scales its
-    own share by the same factor, so the sum is the clipped gradient of the global batch."""
-
-    def _clip_gradients(self, grads):
-        context = tf.distribute.get_replica_context()
-        if (not self.global_clipnorm or context is None
-                or context.num_replicas_in_sync == 1):
-            return super()._clip_gradients(grads)
-        total = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                   [g for g in grads if g is not None])
-        norm = tf.linalg.global_norm(total)
-        scale = self.global_clipnorm * tf.minimum(1.0 / norm, 1.0 / self.global_clipnorm)
-        return [None if g is None else g * scale for g in grads]
 
 
 def compile_model(model: keras.Model, steps: int, label_smoothing: float = LABEL_SMOOTHING,
@@ -509,14 +434,6 @@ def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
         raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
     return (in_float32(keras.saving.load_model(checkpoint, compile=False)),
             json.loads((run_dir / "run.json").read_text()))
-
-
-def in_float32(model: keras.Model) -> keras.Model:
-    """Decoding, export and phones compute in float32, whatever precision trained the weights
-    (`--mixed-precision` trains in float16 on GPUs; the weights are float32 either way)."""
-    for layer in model._flatten_layers():
-        layer.dtype_policy = "float32"
-    return model
 
 
 def load_translator(run_dir: Path) -> Translator:

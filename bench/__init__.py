@@ -33,7 +33,7 @@ def short_lenet_export(workdir: Path) -> tuple[Path, bytes, np.ndarray]:
     from apps import digit_ocr
     from pipelines import images
 
-    digit_ocr.train(epochs=5, run_dir=workdir / "run", verbose=0)
+    digit_ocr.train(digit_ocr.TrainConfig(epochs=5, run_dir=workdir / "run", verbose=0))
     report = digit_ocr.export(workdir / "run", workdir / "saved_models", quiet=True)
     frame, _ = next(iter(images.load_digits().test))
     png = workdir / "digit.png"

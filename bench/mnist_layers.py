@@ -63,19 +63,14 @@ def main(argv=None) -> dict:
         epochs = args.epochs or EPOCHS[model_name]
         augment = AUGMENT[model_name] if args.augment is None else args.augment
         wall, cpu = time.perf_counter(), time.process_time()
-        # Read by digit_ocr.build_dsn; put back afterwards, for what runs next in this process.
-        app_defaults = digit_ocr.DSN_HIDDEN_UNITS, digit_ocr.DSN_MODULES
-        digit_ocr.DSN_HIDDEN_UNITS = ((DSN_MNIST_HIDDEN_UNITS,) * DSN_MNIST_REFINED_MODULES
-                                      + (DSN_MNIST_TOP_HIDDEN_UNITS,))
-        digit_ocr.DSN_MODULES = DSN_MNIST_REFINED_MODULES + 1
         per_module = [epochs] * DSN_MNIST_REFINED_MODULES + [0] if model_name == "dsn" else epochs
-        try:
-            metrics = digit_ocr.train(
-                data=args.data, model_name=model_name, epochs=per_module,
-                run_dir=runner.RUNS_ROOT / "bench" / model_name, augment=augment, verbose=2,
-            )
-        finally:
-            digit_ocr.DSN_HIDDEN_UNITS, digit_ocr.DSN_MODULES = app_defaults
+        metrics = digit_ocr.train(digit_ocr.TrainConfig(
+            data=args.data, model=model_name, epochs=per_module,
+            run_dir=runner.RUNS_ROOT / "bench" / model_name, augment=augment, verbose=2,
+            dsn_modules=DSN_MNIST_REFINED_MODULES + 1,
+            dsn_units=((DSN_MNIST_HIDDEN_UNITS,) * DSN_MNIST_REFINED_MODULES
+                       + (DSN_MNIST_TOP_HIDDEN_UNITS,)),
+        ))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         error = 1.0 - metrics["test_accuracy"]
         results[model_name] = {

@@ -41,11 +41,11 @@ def main(argv=None) -> dict:
         batch_size = args.batch_size or SCHEDULES[model_name][1]
         started, cpu_started = time.perf_counter(), time.process_time()
         run_dir = runner.RUNS_ROOT / "bench" / model_name
-        metrics = digit_ocr.train(
-            data=args.data, model_name=model_name, epochs=epochs,
+        metrics = digit_ocr.train(digit_ocr.TrainConfig(
+            data=args.data, model=model_name, epochs=epochs,
             batch_size=batch_size, run_dir=run_dir,
             augment=args.augment, seed=args.seed, verbose=2,
-        )
+        ))
         seconds = time.perf_counter() - started
         cpu_seconds = time.process_time() - cpu_started
         error = 1.0 - metrics["test_accuracy"]

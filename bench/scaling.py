@@ -81,7 +81,7 @@ def measure(configuration: dict, data: str, epochs: int, batch_size: int) -> dic
     dataset = images.load_image_dataset(data)
     strategy = runner.choose_strategy(configuration["strategy"])
     global_batch = batch_size * strategy.num_replicas_in_sync
-    examples = digit_ocr.count(dataset.train)
+    examples = images.count(dataset.train)
     steps = -(-examples // global_batch)
     with strategy.scope():
         model = digit_ocr.compile_model(digit_ocr.build_model("lenet5"), epochs * steps)

@@ -1,10 +1,10 @@
-"""Classic LeNet-5 in PyTorch, layer for layer the same as `apps.digit_ocr.build_lenet5`, for the
+"""Classic LeNet-5 in PyTorch, layer for layer the same as `models.lenet.build_lenet5`, for the
 side-by-side benchmarks only (torch is never a runtime dependency)."""
 
 import torch
 from torch import nn
 
-from apps.digit_ocr import C3_INPUTS
+from models.lenet import C3_INPUTS
 
 
 class LeNet5(nn.Module):

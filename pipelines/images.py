@@ -202,6 +202,12 @@ def batches(
     return data.prefetch(tf.data.AUTOTUNE)
 
 
+def count(split: tf.data.Dataset) -> int:
+    """Examples in a split (counted when tf.data does not know)."""
+    known = int(split.cardinality())
+    return known if known >= 0 else sum(1 for _ in split)
+
+
 def labelled_arrays(split: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """An unbatched split as numpy (images float32 [N, 32, 32, 1], labels int32 [N])."""
     images, labels = [], []

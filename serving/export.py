@@ -8,13 +8,17 @@
 
 A version directory is written under a temporary name inside the model's base directory (TF
 Serving ignores names that are not integers) and renamed when complete, so a server polling the
-base never loads half a model and a failed export leaves nothing behind.
+base never loads half a model and a failed export leaves nothing behind. `write_version` is the
+whole export of an app: SavedModel, assets, each `.tflite` variant converted, written and run in
+the LiteRT interpreter against Keras, and the report.
 """
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +94,66 @@ def convert_to_tflite(
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     return converter.convert()
+
+
+@dataclass
+class TFLiteFiles:
+    """An export's `.tflite` variants, and how each one is checked."""
+
+    stem: str  # files are assets.extra/<stem>_<variant>.tflite
+    signatures: str | Sequence[str]
+    variants: Sequence[str] = TFLITE_VARIANTS
+    # The file run in the LiteRT interpreter against Keras on held-out inputs -> its figures.
+    check: Callable[[Path], dict] | None = None
+    representative_inputs: Callable[[], Iterable] | None = None  # for int8
+    # Converted from this archive (fixed shapes for phones) instead of the served SavedModel.
+    archive: object | None = None  # keras.export.ExportArchive
+
+
+def write_version(model_base: Path, archive, *, assets: dict | None = None,
+                  tflite: TFLiteFiles | None = None, report: dict | None = None,
+                  progress: bool = False) -> dict:
+    """Publishes the next version under `model_base`: `archive` (a keras ExportArchive) as the
+    SavedModel, `assets` into assets.extra/ (name -> str, bytes, a dict written as JSON, or a
+    Path to copy), the `.tflite` variants with their figures, and tflite_report.json. Returns
+    the report: `report` with a row per variant and "saved_model", the version's directory."""
+    from tqdm import tqdm
+
+    report = dict(report or {})
+
+    def write(version_dir: Path) -> None:
+        archive.write_out(str(version_dir), verbose=False)
+        extra = version_dir / EXTRA_DIR
+        extra.mkdir()
+        for name, content in (assets or {}).items():
+            if isinstance(content, Path):
+                shutil.copy(content, extra / name)
+            elif isinstance(content, dict):
+                (extra / name).write_text(json.dumps(content, indent=2) + "\n")
+            elif isinstance(content, bytes):
+                (extra / name).write_bytes(content)
+            else:
+                (extra / name).write_text(content)
+        if tflite is not None:
+            with tempfile.TemporaryDirectory() as lite_dir:
+                source = version_dir
+                if tflite.archive is not None:
+                    tflite.archive.write_out(lite_dir, verbose=False)
+                    source = Path(lite_dir)
+                for variant in tqdm(tflite.variants, desc="TFLite", disable=not progress):
+                    inputs = tflite.representative_inputs() if variant == "int8" else None
+                    content = convert_to_tflite(source, tflite.signatures, variant, inputs)
+                    path = extra / f"{tflite.stem}_{variant}.tflite"
+                    path.write_bytes(content)
+                    report[variant] = {"file": path.name, "bytes": len(content),
+                                       **(tflite.check(path) if tflite.check else {})}
+        (extra / "tflite_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    report["saved_model"] = str(publish(Path(model_base), write))
+    return report
+
+
+def variant_sizes(report: dict, variants: Sequence[str] = TFLITE_VARIANTS) -> str:
+    """Sizes in KiB of an export's variants, "-" for those it has not: "245/124/66/-"."""
+    return "/".join(f"{report[v]['bytes'] / 1024:.0f}" if v in report else "-"
+                    for v in variants)

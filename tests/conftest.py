@@ -10,6 +10,14 @@ runner.split_cpu(2)
 SHORT_EPOCHS = 12  # enough for LeNet-5 to be far past chance on the embedded digits
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runs_root(tmp_path_factory):
+    """Tests never write into the user's runs/: default run directories and each app's LAST
+    mark go under a temporary directory."""
+    runner.RUNS_ROOT = tmp_path_factory.mktemp("runs")
+    return runner.RUNS_ROOT
+
+
 @pytest.fixture(scope="session")
 def digits():
     from pipelines.images import load_digits
@@ -23,7 +31,7 @@ def trained_run(tmp_path_factory):
     from apps import digit_ocr
 
     run_dir = tmp_path_factory.mktemp("run") / "lenet5"
-    digit_ocr.train(epochs=SHORT_EPOCHS, run_dir=run_dir, verbose=0)
+    digit_ocr.train(digit_ocr.TrainConfig(epochs=SHORT_EPOCHS, run_dir=run_dir, verbose=0))
     return run_dir
 
 

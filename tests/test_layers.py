@@ -355,7 +355,8 @@ def test_digit_ocr_trains_dbn_and_dsn_past_95_percent(model_name, tmp_path):
 
     # The app's defaults: 30 fine-tuning epochs for the DBN (with 20, the best of 180 validation
     # digits came as early as epoch 10 in one run, 93.6% on test), DSN_REFINE_EPOCHS for the DSN.
-    metrics = digit_ocr.train(model_name=model_name, run_dir=tmp_path, verbose=0)
+    metrics = digit_ocr.train(digit_ocr.TrainConfig(model=model_name, run_dir=tmp_path,
+                                                     verbose=0))
     assert metrics["test_accuracy"] >= 0.95, metrics["test_accuracy"]
     assert (tmp_path / "training_curves.png").is_file()
     if model_name == "dbn":
