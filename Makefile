@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-all bench serve lint clean
+.PHONY: demo test test-fast test-all bench serve lint clean
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -15,10 +15,13 @@ $(INSTALLED): setup.cfg pyproject.toml
 demo: $(INSTALLED)  ## train, evaluate and export every app on its embedded data; one summary table
 	$(PYTHON) -m apps.demo
 
-test: $(INSTALLED)  ## the fast suite (what CI runs)
+test: $(INSTALLED)  ## the suite without the minutes-long tests (what CI runs)
 	$(PYTHON) -m pytest
 
-test-all: $(INSTALLED)  ## the fast suite plus the minutes-long tests
+test-fast: $(INSTALLED)  ## the edit-test loop: every model built, one step, saved, loaded, exported (tiny)
+	$(PYTHON) -m pytest -m fast
+
+test-all: $(INSTALLED)  ## the suite plus the minutes-long tests
 	$(PYTHON) -m pytest -m "slow or not slow"
 
 bench: $(INSTALLED)  ## every benchmark under bench/; tables on stdout, JSON in bench/results/

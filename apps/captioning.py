@@ -9,19 +9,8 @@ attention writes the caption, beam search picks it, BLEU-1..4 measures it.
     python -m apps.captioning export                         # -> saved_models/captioning/<n>/
     python -m serving.litert_captioning MODEL.tflite scene.png  # numpy + LiteRT, no TensorFlow
 
-Show and Tell (Vinyals et al., 2015, arXiv:1411.4555) feeds a CNN's image vector to an LSTM as
-its initial state and lets it write. Show, Attend and Tell (Xu et al., 2015, arXiv:1502.03044)
-keeps the CNN's last feature map as a grid of regions instead and lets the decoder attend over
-them at every word, so "red" can look at the red thing and "square" at the square:
-
-    image uint8 [batch, 48, 48, 3] -> CNN (3 stride-2 stages) -> [batch, 6, 6, C]
-        -> regions (memory) [batch, 36, C]
-        -> mean over regions -> dense -> initial LSTM state [h, c]
-    caption ids [batch, T] ([start] first) -> AttentionDecoder(memory, [h, c]) -> [batch, T, V]
-
-The decoder is `layers.attention.AttentionDecoder` (Luong-style: the LSTM runs, its output
-queries the regions) written for the translator; decoding is `layers.beam_search`. With
-`--decoder show-and-tell` the decoder is a plain LSTM started from the image vector.
+The captioners, Show and Tell (Vinyals et al., 2015) and Show, Attend and Tell (Xu et al., 2015),
+and their beam-search decoding are defined in `models/captioner.py`.
 
 Quality is corpus BLEU-1..4 with sacreBLEU against all references of each held-out image
 (multi-reference BLEU: an n-gram counts when any reference has it, clipped by the reference that
@@ -32,32 +21,35 @@ takes encoded image bytes and returns the caption, and `.tflite` files with an `
 """
 
 import argparse
-import json
 import sys
-import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
-from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
-from layers.attention import AttentionDecoder
-from layers.beam_search import EncoderDecoderSearch
+from models.captioner import (
+    ALPHA,
+    BEAM_WIDTH,
+    DECODER,
+    DECODERS,
+    EMBEDDING_DIM,
+    UNITS,
+    Captioner,
+    build_model,
+)
 from models.sequence_training import (
-    GlobalClipAdam,
     MaskedAccuracy,
     MaskedCrossEntropy,
     in_float32,
+    warmup_cosine_adam,
 )
-from pipelines import DataError, shape_scenes
-from pipelines import captions as cp
-from pipelines import text_pairs as tp
-from serving import export as exporting
+from pipelines import DataError, shape_scenes, text_pairs
+from pipelines import captions as caption_data
+from serving import export as export_lib
 
 APP = "captioning"
 DEFAULT_DATA = "scenes"
@@ -68,23 +60,42 @@ BATCH_SIZE = 64  # per replica
 LEARNING_RATE = 3e-3  # Adam, cosine decay after a short warm-up
 WARMUP_SHARE = 0.05
 CLIP_NORM = 1.0
-FILTERS = (32, 64, 96)  # the CNN's stages, each halving the grid: 48 -> 24 -> 12 -> 6
-BN_MOMENTUM = 0.9  # short schedules: the default 0.99 leaves the moving statistics stale
-# Batch statistics of the whole global batch under MirroredStrategy, not of each replica's slice:
-# N replicas then train exactly as one device would (one small all-reduce per layer and step).
-BN_SYNCHRONIZED = True
-EMBEDDING_DIM = 64
-UNITS = 192
-DECODERS = ("attention", "show-and-tell")
-DECODER = "attention"
 MAX_TOKENS = 8000
 MAX_CAPTION_TOKENS = 30  # longer training captions are cut (real captions run long)
-BEAM_WIDTH = 3
-ALPHA = 0.0  # a caption's length is fixed by the image; no length penalty
 EXAMPLES = 8
 SEED = 42
 MODEL_BASE = Path("saved_models")
-LAST_RUN = runner.RUNS_ROOT / APP / "LAST"
+
+
+@dataclass(kw_only=True)
+class TrainConfig(runner.TrainingConfig):
+    """`train`'s options. `objects` fixes the generated scenes' object count (None: 1 to 3);
+    `learning_rate` is the peak rate for one replica's batch (scaled with the replicas);
+    `backbone` is a `keras.applications` encoder (--encoder) with its local weights file
+    (--encoder-weights); `evaluate_after`: BLEU on the held-out split once trained."""
+
+    data: str = DEFAULT_DATA
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    seed: int = SEED
+    decoder: str = DECODER
+    scenes: int = SCENES
+    objects: int | None = None
+    image_size: int = IMAGE_SIZE
+    units: int = UNITS
+    embedding_dim: int = EMBEDDING_DIM
+    learning_rate: float = LEARNING_RATE
+    backbone: str | None = None
+    backbone_weights: str | None = None
+    evaluate_after: bool = True
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise UsageError(f"--decoder {self.decoder}: choose from {', '.join(DECODERS)}")
+        if self.backbone and not hasattr(keras.applications, self.backbone):
+            raise UsageError(f"--encoder {self.backbone}: not a keras.applications model")
+        if self.backbone_weights and not Path(self.backbone_weights).is_file():
+            raise DataError(f"{self.backbone_weights}: no such weights file (--encoder-weights)")
 
 
 def default_run_dir(data: str = DEFAULT_DATA, decoder: str = DECODER) -> Path:
@@ -92,10 +103,9 @@ def default_run_dir(data: str = DEFAULT_DATA, decoder: str = DECODER) -> Path:
     return runner.RUNS_ROOT / APP / f"{name}-{decoder}"
 
 
-def last_run_dir() -> Path:
-    if LAST_RUN.is_file():
-        return Path(LAST_RUN.read_text().strip())
-    return default_run_dir()
+def find_run(run_dir: Path | None = None) -> runner.RunDir:
+    """--run-dir, else the run trained last."""
+    return runner.find_run(APP, run_dir, fallback=default_run_dir())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,15 +114,17 @@ def last_run_dir() -> Path:
 
 
 def load_data(data: str = DEFAULT_DATA, scenes: int = SCENES, objects: int | None = None
-              ) -> cp.CaptionData:
+              ) -> caption_data.CaptionData:
     if data == DEFAULT_DATA:
         splits = shape_scenes.generate(scenes, objects=objects)
-        return cp.CaptionData(f"generated shape scenes ({scenes})",
-                              *(cp.Split(*splits[s]) for s in ("train", "validation", "test")))
-    return cp.load(data)
+        return caption_data.CaptionData(
+            f"generated shape scenes ({scenes})",
+            *(caption_data.Split(*splits[s]) for s in ("train", "validation", "test")))
+    return caption_data.load(data)
 
 
-def caption_pairs(split: cp.Split, every_reference: bool) -> tuple[list[int], list[str]]:
+def caption_pairs(split: caption_data.Split, every_reference: bool
+                  ) -> tuple[list[int], list[str]]:
     """(image index, caption) training pairs: every reference, or only the first (the scenes'
     canonical phrasing; the others stay references for BLEU)."""
     pairs = [(i, refs[j]) for i, refs in enumerate(split.references)
@@ -120,19 +132,19 @@ def caption_pairs(split: cp.Split, every_reference: bool) -> tuple[list[int], li
     return [i for i, _ in pairs], [c for _, c in pairs]
 
 
-def build_tokenizer(captions: list[str], max_tokens: int = MAX_TOKENS) -> tp.Tokenizer:
+def build_tokenizer(captions: list[str], max_tokens: int = MAX_TOKENS) -> text_pairs.Tokenizer:
     standardized = [s.decode() for s in
-                    tp.standardize(tf.constant(captions), lowercase=True).numpy().tolist()]
-    return tp.Tokenizer(tp.adapt_vocabulary(standardized, "word", max_tokens, special=True),
-                        "word", lowercase=True)
+                    text_pairs.standardize(tf.constant(captions), lowercase=True).numpy().tolist()]
+    vocabulary = text_pairs.adapt_vocabulary(standardized, "word", max_tokens, special=True)
+    return text_pairs.Tokenizer(vocabulary, "word", lowercase=True)
 
 
-def caption_ids(tokenizer: tp.Tokenizer, captions: list[str], length: int) -> np.ndarray:
+def caption_ids(tokenizer: text_pairs.Tokenizer, captions: list[str], length: int) -> np.ndarray:
     """int32 [n, length + 2]: [start] tokens [end], 0-padded, cut to `length` tokens."""
     out = np.zeros([len(captions), length + 2], np.int32)
     for row, ids in enumerate(tokenizer.id_lists(captions)):
         ids = ids[:length]
-        out[row, : len(ids) + 2] = [tp.START, *ids, tp.END]
+        out[row, : len(ids) + 2] = [text_pairs.START, *ids, text_pairs.END]
     return out
 
 
@@ -151,205 +163,13 @@ def batches(images: np.ndarray, index: list[int], ids: np.ndarray, batch_size: i
                     num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-# ---------------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package=APP)
-class ImageEncoder(layers.Layer):
-    """uint8 image -> (regions [batch, R, C], region mask [batch, R] of ones, [h, c]).
-
-    Default: a small CNN from scratch, stride-2 stages of conv-BN-ReLU; the last feature map's
-    cells are the regions. `backbone`: a `keras.applications` name (e.g. "MobileNetV2") built
-    without its top and with the weights at `backbone_weights` (a local file: nothing is
-    downloaded) or random ones; its last feature map gives the regions."""
-
-    def __init__(self, units=UNITS, filters=FILTERS, image_size=IMAGE_SIZE, backbone=None,
-                 backbone_weights=None, **kwargs):
-        super().__init__(**kwargs)
-        self.units, self.filters, self.image_size = units, tuple(filters), image_size
-        self.backbone_name, self.backbone_weights = backbone, backbone_weights
-        if backbone:
-            if not hasattr(keras.applications, backbone):
-                raise UsageError(f"--encoder {backbone}: not a keras.applications model")
-            self.cnn = getattr(keras.applications, backbone)(
-                include_top=False, weights=backbone_weights,
-                input_shape=(image_size, image_size, 3))
-            self.cnn.trainable = False  # a pre-trained backbone stays as it is
-        else:
-            def norm():
-                return layers.BatchNormalization(momentum=BN_MOMENTUM,
-                                                 synchronized=BN_SYNCHRONIZED)
-
-            self.cnn = keras.Sequential(
-                [layer for f in self.filters for layer in (
-                    layers.Conv2D(f, 3, strides=2, padding="same", use_bias=False),
-                    norm(), layers.ReLU(),
-                    layers.Conv2D(f, 3, padding="same", use_bias=False),
-                    norm(), layers.ReLU())],
-                name="cnn")
-        self.project = layers.Dense(units, activation="relu", name="regions")
-        self.bridges = [layers.Dense(units, activation="tanh", name=f"bridge_{i}")
-                        for i in range(2)]  # LSTM h and c
-
-    def call(self, images, training=None):
-        x = ops.cast(images, "float32")
-        x = x / 127.5 - 1.0  # [-1, 1], what MobileNet-style backbones expect too
-        features = self.cnn(x, training=training)  # [batch, g, g, C]
-        regions = self.project(ops.reshape(features, (ops.shape(features)[0], -1,
-                                                      features.shape[-1])))
-        pooled = ops.mean(regions, axis=1)
-        mask = ops.ones(ops.shape(regions)[:2], "float32")
-        return regions, mask, [bridge(pooled) for bridge in self.bridges]
-
-    def build(self, input_shape=None):
-        self.built = True  # the sub-layers build on the first call
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units, "filters": self.filters,
-                "image_size": self.image_size, "backbone": self.backbone_name,
-                "backbone_weights": None}  # the weights are in the checkpoint
-
-
-@keras.saving.register_keras_serializable(package=APP)
-class ShowAndTellDecoder(layers.Layer):
-    """Show and Tell's decoder: the image only sets the LSTM's initial state; no attention.
-    Same interface as `AttentionDecoder` (memory arguments accepted and ignored; the attention
-    weights it returns are uniform), so the captioner and the beam search do not care."""
-
-    def __init__(self, vocab_size, embedding_dim=EMBEDDING_DIM, units=UNITS, **kwargs):
-        super().__init__(**kwargs)
-        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
-        self.embedding = layers.Embedding(vocab_size, embedding_dim, name="embedding")
-        self.rnn = layers.LSTM(units, return_sequences=True, return_state=True, name="lstm")
-        self.output_dense = layers.Dense(vocab_size, name="logits")
-        self.state_count = 2
-
-    def prepare_memory(self, memory):
-        return memory
-
-    def _uniform(self, memory_mask, steps):
-        weights = memory_mask / ops.sum(memory_mask, axis=-1, keepdims=True)
-        return ops.repeat(weights[:, None, :], steps, axis=1)
-
-    def call(self, tokens, memory, memory_mask, initial_state, return_attention=False,
-             training=None):
-        outputs = self.rnn(self.embedding(tokens), initial_state=list(initial_state),
-                           training=training)[0]
-        logits = self.output_dense(outputs)
-        if return_attention:
-            return logits, self._uniform(memory_mask, ops.shape(tokens)[1])
-        return logits
-
-    def step(self, tokens, state, memory, keys, memory_mask):
-        output, new_state = self.rnn.cell(self.embedding(tokens), list(state))
-        return (ops.log_softmax(self.output_dense(output), axis=-1), list(new_state),
-                self._uniform(memory_mask, 1)[:, 0])
-
-    def build(self, *args, **kwargs):
-        self.built = True
-
-    def get_config(self):
-        return {**super().get_config(), "vocab_size": self.vocab_size,
-                "embedding_dim": self.embedding_dim, "units": self.units}
-
-
-def build_model(vocab_size: int, decoder: str = DECODER, image_size: int = IMAGE_SIZE,
-                embedding_dim: int = EMBEDDING_DIM, units: int = UNITS, filters=FILTERS,
-                backbone: str | None = None, backbone_weights: str | None = None
-                ) -> keras.Model:
-    """(image uint8 [batch, S, S, 3], caption_in [batch, T]) -> logits [batch, T, vocab]."""
-    if decoder not in DECODERS:
-        raise UsageError(f"--decoder {decoder}: choose from {', '.join(DECODERS)}")
-    image = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
-    caption_in = keras.Input((None,), dtype="int32", name="caption_in")
-    encoder = ImageEncoder(units, filters, image_size, backbone, backbone_weights,
-                           name="encoder")
-    if decoder == "attention":
-        text = AttentionDecoder(vocab_size, embedding_dim, units, cell="lstm",
-                                attention="luong", name="decoder")
-    else:
-        text = ShowAndTellDecoder(vocab_size, embedding_dim, units, name="decoder")
-    memory, mask, state = encoder(image)
-    return keras.Model([image, caption_in], text(caption_in, memory, mask, state),
-                       name=f"{decoder.replace('-', '_')}_captioner")
-
-
 def compile_model(model: keras.Model, steps: int, learning_rate: float = LEARNING_RATE):
     """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate for
     the global batch (`train` scales the per-replica rate). The loss and the clipping see the
-    whole global batch under MirroredStrategy (see `apps.translation`)."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(steps, 1), warmup_target=learning_rate,
-        warmup_steps=max(int(WARMUP_SHARE * steps), 1))
-    model.compile(optimizer=GlobalClipAdam(schedule, global_clipnorm=CLIP_NORM),
+    whole global batch under MirroredStrategy (`models.sequence_training`)."""
+    model.compile(optimizer=warmup_cosine_adam(steps, learning_rate, WARMUP_SHARE, CLIP_NORM),
                   loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
     return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding
-# ---------------------------------------------------------------------------------------------
-
-
-class Captioner(EncoderDecoderSearch):
-    """A trained model with its vocabulary: images in, captions out, by compiled beam search."""
-
-    def __init__(self, model: keras.Model, tokenizer: tp.Tokenizer, max_length: int):
-        super().__init__(model.get_layer("encoder"), model.get_layer("decoder"), tokenizer.size,
-                         forbidden_ids=(tp.PAD, tp.UNK, tp.START), start_id=tp.START,
-                         end_id=tp.END)
-        self.model, self.tokenizer, self.max_length = model, tokenizer, int(max_length)
-        self.image_size = self.encoder.image_size
-        self._compiled: dict = {}
-
-    def search(self, images, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
-        """uint8 images [batch, size, size, 3] -> beam_search's dict."""
-        return self.decode(images, self.max_length, beam_width, alpha)
-
-    def compiled_search(self, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
-        key = (int(beam_width), float(alpha))
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(lambda images: self.search(images, *key),
-                                              input_signature=[tf.TensorSpec(
-                                                  [None, self.image_size, self.image_size, 3],
-                                                  tf.uint8)])
-        return self._compiled[key]
-
-    def caption_bytes(self, encoded: tf.Tensor, beam_width=BEAM_WIDTH, alpha=ALPHA) -> dict:
-        """Encoded image bytes [batch] -> {"caption": string [batch], "score": float [batch]}:
-        what the SavedModel serves."""
-        images = tf.map_fn(lambda e: cp.decode_image(e, self.image_size), encoded,
-                           fn_output_signature=tf.TensorSpec(
-                               [self.image_size, self.image_size, 3], tf.uint8))
-        found = self.search(images, beam_width, alpha)
-        return {"caption": self.tokenizer.text(found["tokens"][:, 0]),
-                "score": found["scores"][:, 0]}
-
-    def best_ids(self, images: np.ndarray, beam_width=BEAM_WIDTH, alpha=ALPHA,
-                 batch_size: int = 256) -> list[np.ndarray]:
-        """The best hypothesis' token ids per image, end token included."""
-        search = self.compiled_search(beam_width, alpha)
-        out = []
-        for start in range(0, len(images), batch_size):
-            found = search(tf.constant(images[start : start + batch_size]))
-            tokens, lengths = found["tokens"][:, 0].numpy(), found["lengths"][:, 0].numpy()
-            out.extend(t[:n] for t, n in zip(tokens, lengths))
-        return out
-
-    def captions(self, images: np.ndarray, beam_width=BEAM_WIDTH, alpha=ALPHA) -> list[str]:
-        texts = []
-        for ids in self.best_ids(images, beam_width, alpha):
-            texts.append(self.tokenizer.text(tf.constant(ids[None])).numpy()[0].decode())
-        return texts
-
-    def attention(self, image: np.ndarray, output_ids: np.ndarray) -> np.ndarray:
-        """Attention weights [words, regions] while writing `output_ids` for one image."""
-        memory, _, mask, state = self.encode(image[None])
-        caption_in = tf.constant([[tp.START, *output_ids[:-1]]], tf.int32)
-        _, weights = self.decoder(caption_in, memory, mask, state, return_attention=True)
-        return np.asarray(weights)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +194,7 @@ def bleu_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
     return scores
 
 
-def most_frequent_caption(split: cp.Split) -> str:
+def most_frequent_caption(split: caption_data.Split) -> str:
     """The "most frequent caption" baseline: the training caption that occurs most often."""
     counts: dict[str, int] = {}
     for refs in split.references:
@@ -388,84 +208,52 @@ def most_frequent_caption(split: cp.Split) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def train(data: str = DEFAULT_DATA, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE,
-          decoder: str = DECODER, scenes: int = SCENES, objects: int | None = None,
-          image_size: int | None = None, units: int = UNITS, embedding_dim: int = EMBEDDING_DIM,
-          learning_rate: float = LEARNING_RATE, backbone: str | None = None,
-          backbone_weights: str | None = None, strategy_name: str = "auto",
-          run_dir: Path | None = None, seed: int = SEED, verbose: int | str = "auto",
-          evaluate_after: bool = True, jit: bool = False,
-          backup_every: int | None = None) -> dict:
+def train(config: TrainConfig | None = None) -> dict:
     """Trains on the training split, keeps the epoch with the best validation token accuracy,
-    reports BLEU-1..4 on the held-out split. `objects` fixes the scenes' object count;
-    `learning_rate` is the peak rate for one replica's batch (scaled with the replicas). A
-    re-run of a killed run resumes exactly from its newest backup (`runner.fit`)."""
-    if backbone_weights and not Path(backbone_weights).is_file():
-        raise DataError(f"{backbone_weights}: no such weights file (--encoder-weights)")
-    keras.utils.set_random_seed(seed)
-    dataset = load_data(data, scenes, objects)
+    reports BLEU-1..4 on the held-out split. A re-run of a killed run resumes exactly from its
+    newest backup (`runner.fit`)."""
+    config = config or TrainConfig()
+    run = runner.TrainingRun(APP, config, default_run_dir(config.data, config.decoder))
+    dataset = load_data(config.data, config.scenes, config.objects)
     if not len(dataset.train) or not len(dataset.validation) or not len(dataset.test):
         raise DataError(f"{dataset.name}: a split is empty (train {len(dataset.train)},"
                         f" validation {len(dataset.validation)}, test {len(dataset.test)})")
-    image_size = image_size or IMAGE_SIZE
-    every = data != DEFAULT_DATA
+    every = config.data != DEFAULT_DATA
     train_index, train_captions = caption_pairs(dataset.train, every)
     val_index, val_captions = caption_pairs(dataset.validation, every)
     tokenizer = build_tokenizer(train_captions)
     length = min(MAX_CAPTION_TOKENS, max(len(i) for i in tokenizer.id_lists(train_captions)))
-    train_images = cp.image_array(dataset.train.images, image_size)
-    val_images = cp.image_array(dataset.validation.images, image_size)
-
-    strategy = runner.choose_strategy(strategy_name)
-    run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(data, decoder)), strategy)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = batch_size * replicas
+    train_images = caption_data.image_array(dataset.train.images, config.image_size)
+    val_images = caption_data.image_array(dataset.validation.images, config.image_size)
     train_ids = caption_ids(tokenizer, train_captions, length)
 
     def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
-        return batches(train_images, train_index, train_ids, global_batch, shuffle=True,
-                       seed=seed + epoch, multiple_of=replicas)
+        return batches(train_images, train_index, train_ids, run.global_batch, shuffle=True,
+                       seed=config.seed + epoch, multiple_of=run.replicas)
 
+    validation_batches = batches(val_images, val_index,
+                                 caption_ids(tokenizer, val_captions, length), run.global_batch,
+                                 multiple_of=run.replicas)
     steps_per_epoch = int(epoch_batches(0).cardinality())
-    resumed = runner.start_run(run_dir)
-    tp.write_vocabulary(run_dir / "vocab.txt", tokenizer.vocabulary)
-    run = {"app": APP, "data": data, "scenes": scenes, "objects": objects,
-           "dataset": dataset.name, "image_size": image_size, "max_length": length + 1,
-           "model": {"decoder": decoder, "units": units, "embedding_dim": embedding_dim,
-                     "backbone": backbone},
-           "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-           "seed": seed, "replicas": replicas, "train_images": len(dataset.train),
-           "train_captions": len(train_index),
-           "global_learning_rate": runner.scaled_learning_rate(learning_rate, strategy)}
-    runner.write_json(run_dir / "run.json", run)
-    with strategy.scope():
-        model = build_model(tokenizer.size, decoder, image_size, embedding_dim, units,
-                            backbone=backbone, backbone_weights=backbone_weights)
-        compile_model(model, epochs * steps_per_epoch,
-                      runner.scaled_learning_rate(learning_rate, strategy))
-    started = time.perf_counter()
-    steps = runner.fit(
-        model, epoch_batches, epochs, run_dir, steps_per_epoch=steps_per_epoch,
-        validation_data=batches(val_images, val_index,
-                                caption_ids(tokenizer, val_captions, length), global_batch,
-                                multiple_of=replicas),
-        callbacks=runner.training_callbacks(run_dir, monitor="val_masked_accuracy",
-                                            resumed=resumed is not None),
-        backup_every=backup_every, jit=jit, verbose=verbose)
-    seconds = time.perf_counter() - started
-    runner.plot_history(run_dir)
-    if runner.is_chief(strategy):  # another worker's run directory is scratch
-        LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
-        LAST_RUN.write_text(f"{run_dir.resolve()}\n")
-    metrics = {"training_seconds": round(seconds, 1), "epochs": epochs, "steps": steps,
-               "train_images": len(dataset.train)}
-    if evaluate_after:
-        metrics.update(held_out_metrics(load_captioner(run_dir), dataset, run_dir))
-        print(f"{APP} ({decoder}) on {dataset.name}: held-out BLEU-1..4 "
+    learning_rate = run.scaled_learning_rate(config.learning_rate)
+    run.start(dataset=dataset.name, max_length=length + 1, train_images=len(dataset.train),
+              train_captions=len(train_index), global_learning_rate=learning_rate)
+    text_pairs.write_vocabulary(run.path / "vocab.txt", tokenizer.vocabulary)
+    with run.strategy.scope():
+        model = build_model(tokenizer.size, config.decoder, config.image_size,
+                            config.embedding_dim, config.units, backbone=config.backbone,
+                            backbone_weights=config.backbone_weights)
+        compile_model(model, config.epochs * steps_per_epoch, learning_rate)
+    steps = run.fit(model, epoch_batches, steps_per_epoch=steps_per_epoch,
+                    validation_data=validation_batches, monitor="val_masked_accuracy")
+    metrics = {"training_seconds": run.training_seconds, "epochs": config.epochs,
+               "steps": steps, "train_images": len(dataset.train)}
+    if config.evaluate_after:
+        metrics.update(held_out_metrics(load_captioner(run.path), dataset, run.path))
+        print(f"{APP} ({config.decoder}) on {dataset.name}: held-out BLEU-1..4 "
               + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
-              + f" ({metrics['test_images']} images), run directory {run_dir}")
-    runner.write_json(run_dir / "metrics.json", metrics)
-    return metrics
+              + f" ({metrics['test_images']} images), run directory {run.path}")
+    return run.finish(metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,21 +261,26 @@ def train(data: str = DEFAULT_DATA, epochs: int = EPOCHS, batch_size: int = BATC
 # ---------------------------------------------------------------------------------------------
 
 
-def load_captioner(run_dir: Path) -> Captioner:
-    checkpoint = Path(run_dir) / "best.keras"
-    if not checkpoint.is_file():
-        raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
-    run = json.loads((Path(run_dir) / "run.json").read_text())
-    model = in_float32(keras.saving.load_model(checkpoint, compile=False))
-    tokenizer = tp.Tokenizer(tp.read_vocabulary(Path(run_dir) / "vocab.txt"), "word", True)
-    return Captioner(model, tokenizer, run["max_length"])
+def load_captioner(run_dir: Path | None = None) -> Captioner:
+    """A run's best.keras and vocabulary (the run trained last by default), in float32."""
+    run = find_run(run_dir)
+    model = in_float32(keras.saving.load_model(run.file("best.keras"), compile=False))
+    tokenizer = text_pairs.Tokenizer(text_pairs.read_vocabulary(run.file("vocab.txt")), "word",
+                                     True)
+    return Captioner(model, tokenizer, run.config()["max_length"])
 
 
-def held_out_metrics(captioner: Captioner, dataset: cp.CaptionData, run_dir: Path,
+def held_out_data(run: runner.RunDir) -> caption_data.CaptionData:
+    """The data a run was trained on, as run.json names it."""
+    config = run.config()
+    return load_data(config["data"], config["scenes"], config["objects"])
+
+
+def held_out_metrics(captioner: Captioner, dataset: caption_data.CaptionData, run_dir: Path,
                      beam_width: int = BEAM_WIDTH, alpha: float = ALPHA) -> dict:
-    """BLEU-1..4 of the beam-search captions of the test split, with the untrained-copy and
-    most-frequent-caption baselines; evaluation.json, examples and attention.png."""
-    images = cp.image_array(dataset.test.images, captioner.image_size)
+    """BLEU-1..4 of the beam-search captions of the test split, with the most-frequent-caption
+    baseline; evaluation.json, examples and attention.png."""
+    images = caption_data.image_array(dataset.test.images, captioner.image_size)
     references = dataset.test.references
     hypotheses = captioner.captions(images, beam_width, alpha)
     frequent = most_frequent_caption(dataset.train)
@@ -533,17 +326,16 @@ def plot_attention(captioner: Captioner, image: np.ndarray, path: Path) -> Path:
 
 def evaluate(run_dir: Path | None = None, beam_width: int = BEAM_WIDTH,
              alpha: float = ALPHA) -> dict:
-    run_dir = Path(run_dir or last_run_dir())
-    captioner = load_captioner(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    dataset = load_data(run["data"], run["scenes"], run["objects"])
-    metrics = held_out_metrics(captioner, dataset, run_dir, beam_width, alpha)
+    run = find_run(run_dir)
+    captioner = load_captioner(run.path)
+    dataset = held_out_data(run)
+    metrics = held_out_metrics(captioner, dataset, run.path, beam_width, alpha)
     runner.print_table([{"caption": e["caption"], "first reference": e["references"][0]}
                         for e in metrics["examples"]])
     print("\nBLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
           + f" on {metrics['test_images']} held-out images of {dataset.name} (beam {beam_width});"
           f" most frequent caption BLEU-4 {metrics['most_frequent_bleu4']:.1f}\n"
-          f"{metrics['bleu_signature']}\nattention.png and evaluation.json in {run_dir}")
+          f"{metrics['bleu_signature']}\nattention.png and evaluation.json in {run.path}")
     return metrics
 
 
@@ -554,13 +346,13 @@ def evaluate(run_dir: Path | None = None, beam_width: int = BEAM_WIDTH,
 
 def read_images(paths: list[Path], size: int) -> np.ndarray:
     """Image files -> uint8 [n, size, size, 3]; DataError names a missing or unreadable one."""
-    cp.check_images([str(p) for p in paths], Path("caption"))
-    return cp.image_array([str(p) for p in paths], size)
+    caption_data.check_images([str(p) for p in paths], Path("caption"))
+    return caption_data.image_array([str(p) for p in paths], size)
 
 
 def caption(paths: list[Path], run_dir: Path | None = None, beam_width: int = BEAM_WIDTH,
             alpha: float = ALPHA) -> list[str]:
-    captioner = load_captioner(Path(run_dir or last_run_dir()))
+    captioner = load_captioner(run_dir)
     return captioner.captions(read_images(paths, captioner.image_size), beam_width, alpha)
 
 
@@ -628,52 +420,39 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
     """Publishes a run as the next version under `model_base/captioning/`: the SavedModel, and
     in assets.extra/ the .tflite variants, vocab.txt and litert.json, each .tflite checked in the
     LiteRT interpreter against the Keras greedy decode of held-out images."""
-    import shutil
-
     from serving.litert_captioning import CaptionLiteRT
 
-    run_dir = Path(run_dir or last_run_dir())
-    captioner = load_captioner(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    test = load_data(run["data"], run["scenes"], run["objects"]).test
-    images = cp.image_array(test.images[:check_images], captioner.image_size)
-    keras_greedy = [list(ids) for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
-    report: dict = {"checked_images": len(images)}
+    run = find_run(run_dir)
+    captioner = load_captioner(run.path)
+    test = held_out_data(run).test
+    images = caption_data.image_array(test.images[:check_images], captioner.image_size)
+    keras_greedy = [[int(t) for t in ids]
+                    for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
 
-    def write(version_dir: Path) -> None:
-        serving_archive(captioner).write_out(str(version_dir), verbose=False)
-        extra = version_dir / exporting.EXTRA_DIR
-        extra.mkdir()
-        shutil.copy(run_dir / "vocab.txt", extra / "vocab.txt")
-        runner.write_json(extra / "litert.json", {
-            "kind": "captioning", "signatures": list(TFLITE_SIGNATURES),
-            "image_size": captioner.image_size, "max_length": captioner.max_length,
-            "ids": {"pad": tp.PAD, "unk": tp.UNK, "start": tp.START, "end": tp.END},
-            "vocab": "vocab.txt"})
-        with tempfile.TemporaryDirectory() as lite_dir:
-            lite_archive(captioner).write_out(lite_dir, verbose=False)
-            for variant in tqdm(LITE_VARIANTS, desc="TFLite", disable=quiet):
-                content = exporting.convert_to_tflite(Path(lite_dir), TFLITE_SIGNATURES,
-                                                      variant)
-                path = extra / f"{APP}_{variant}.tflite"
-                path.write_bytes(content)
-                lite = CaptionLiteRT(path)
-                same = [lite.greedy_ids(image)[0] == [int(t) for t in ids]
-                        for image, ids in zip(images, keras_greedy)]
-                report[variant] = {"file": path.name, "bytes": len(content),
-                                   "same_tokens_as_keras_greedy": float(np.mean(same))}
-        runner.write_json(extra / "tflite_report.json", report)
+    def check(path: Path) -> dict:
+        lite = CaptionLiteRT(path)
+        same = [lite.greedy_ids(image)[0] == ids for image, ids in zip(images, keras_greedy)]
+        return {"same_tokens_as_keras_greedy": float(np.mean(same))}
 
-    version_dir = exporting.publish(Path(model_base) / APP, write)
-    report["saved_model"] = str(version_dir)
+    report = export_lib.write_version(
+        Path(model_base) / APP, serving_archive(captioner),
+        assets={
+            "vocab.txt": run.file("vocab.txt"),
+            # What `serving.litert_captioning` needs to run the .tflite files without TensorFlow.
+            "litert.json": {
+                "kind": "captioning", "signatures": list(TFLITE_SIGNATURES),
+                "image_size": captioner.image_size, "max_length": captioner.max_length,
+                "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK,
+                        "start": text_pairs.START, "end": text_pairs.END},
+                "vocab": "vocab.txt"},
+        },
+        tflite=export_lib.TFLiteFiles(APP, TFLITE_SIGNATURES, variants=LITE_VARIANTS,
+                                      check=check, archive=lite_archive(captioner)),
+        report={"checked_images": len(images)},
+        progress=not quiet,
+    )
     if not quiet:
-        runner.print_table([
-            {"format": f"TFLite {v}", "file": report[v]["file"],
-             "size (KiB)": f"{report[v]['bytes'] / 1024:.1f}",
-             "greedy tokens = Keras": f"{report[v]['same_tokens_as_keras_greedy']:.0%}"}
-            for v in LITE_VARIANTS])
-        print(f"\nSavedModel (serving_default: image bytes -> caption) and .tflite files in"
-              f" {version_dir}")
+        runner.print_export(report)
     return report
 
 
@@ -687,14 +466,13 @@ DEMO_SCENES, DEMO_EPOCHS = 4000, 6
 
 def demo(model_base: Path = MODEL_BASE) -> dict:
     """`make demo`'s share: the attention captioner on generated scenes, evaluated, exported."""
-    metrics = train(scenes=DEMO_SCENES, epochs=DEMO_EPOCHS, verbose=2)
+    metrics = train(TrainConfig(scenes=DEMO_SCENES, epochs=DEMO_EPOCHS, verbose=2))
     report = export(model_base=model_base, quiet=True)
     return {"app": "captioning (CNN + attention LSTM, shape scenes)",
             "quality": f"BLEU-4 {metrics['bleu4']:.1f} ({metrics['test_images']} held-out"
                        " images of unseen combinations)",
             "SavedModel": report["saved_model"],
-            ".tflite KiB f32/f16/dyn/int8": "/".join(
-                f"{report[v]['bytes'] / 1024:.0f}" for v in LITE_VARIANTS) + "/n.a."}
+            ".tflite KiB f32/f16/dyn/int8": export_lib.variant_sizes(report)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -720,17 +498,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="GNMT length penalty exponent (default: %(default)s)")
         return sub
 
-    train_parser = with_run_dir(commands.add_parser("train", help="train a captioner"))
+    train_parser = commands.add_parser("train", help="train a captioner")
+    train_parser.add_argument("--run-dir", type=Path,
+                              help="run directory (default: runs/captioning/<data>-<decoder>)")
     train_parser.add_argument(
         "--data", default=DEFAULT_DATA,
         help="scenes (generated shape scenes, default), a Flickr8k folder or a COCO"
              " captions_*.json")
     train_parser.add_argument("--decoder", choices=DECODERS, default=DECODER,
                               help="default: %(default)s")
-    train_parser.add_argument("--encoder", default=None, metavar="NAME",
+    train_parser.add_argument("--encoder", dest="backbone", default=None, metavar="NAME",
                               help="a keras.applications backbone (e.g. MobileNetV2) instead of"
                                    " the small CNN trained from scratch")
-    train_parser.add_argument("--encoder-weights", default=None, metavar="PATH",
+    train_parser.add_argument("--encoder-weights", dest="backbone_weights", default=None,
+                              metavar="PATH",
                               help="local weights file for --encoder (nothing is downloaded)")
     train_parser.add_argument("--scenes", type=int, default=SCENES,
                               help="generated scenes (default: %(default)s)")
@@ -761,20 +542,18 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.command == "train":
         runner.configure(args)
-        train(args.data, args.epochs, args.batch_size, args.decoder, args.scenes, args.objects,
-              args.image_size, args.units, learning_rate=args.learning_rate,
-              backbone=args.encoder, backbone_weights=args.encoder_weights,
-              strategy_name=args.strategy, run_dir=args.run_dir, seed=args.seed,
-              verbose=args.verbose, jit=args.jit, backup_every=args.backup_every)
-    elif args.command == "evaluate":
-        evaluate(args.run_dir, args.beam_width, args.alpha)
+        train(runner.config_from_args(TrainConfig, args))
+        return
+    run_dir = find_run(args.run_dir).path
+    if args.command == "evaluate":
+        evaluate(run_dir, args.beam_width, args.alpha)
     elif args.command == "caption":
-        for path, text in zip(args.images, caption(args.images, args.run_dir, args.beam_width,
+        for path, text in zip(args.images, caption(args.images, run_dir, args.beam_width,
                                                    args.alpha)):
             print(f"{path}: {text}")
         sys.stdout.flush()
     elif args.command == "export":
-        export(args.run_dir, args.model_base)
+        export(run_dir, args.model_base)
 
 
 if __name__ == "__main__":

@@ -9,79 +9,82 @@ strings and run on phones.
     python -m apps.translation translate --file sentences.txt
     python -m apps.translation export                      # -> saved_models/translation/<version>/
 
-The encoder reads the source sentence (Sutskever, Vinyals & Le, 2014, arXiv:1409.3215; Cho et
-al., 2014, arXiv:1406.1078): token embeddings go through a stack of bidirectional GRUs or LSTMs,
-so each position's vector sees the whole sentence from both sides. Their final states, joined
-and passed through a dense layer, start the decoder (the "thought vector"); the per-position
-vectors are the memory the decoder attends to at every step (`layers.attention`, Bahdanau et
-al., 2015; Luong et al., 2015):
-
-    source ids [batch, S] -> embedding [batch, S, E] -> n x BiRNN -> memory [batch, S, 2U]
-                                                                  -> final states -> dense -> s0
-    target ids [batch, T] (shifted right, [start] first) -> AttentionDecoder(memory, s0)
-                                                          -> logits [batch, T, vocab]
-
-Training is teacher forcing with a cross-entropy that ignores padding (and optional label
-smoothing, Szegedy et al., 2016). Translating is a beam search (`layers.beam_search`) compiled
-with the model into one graph; quality is sacreBLEU and chrF on a held-out test split.
+The model (a bidirectional RNN encoder, an attention decoder, and the beam search that decodes
+with it) is defined in `models/seq2seq.py`. Here: the corpora, the runs, the held-out figures
+(sacreBLEU and chrF on a test split) and the exports.
 """
 
 import argparse
-import json
-import shutil
+import dataclasses
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
-from tqdm import tqdm
 
 from apps import runner
 from apps.runner import UsageError
-from layers.attention import ATTENTIONS, CELLS, AttentionDecoder
-from layers.beam_search import EncoderDecoderSearch
-from models.sequence_training import (
-    GlobalClipAdam,
-    MaskedAccuracy,
-    MaskedCrossEntropy,
-    in_float32,
-)
-from pipelines import DataError, number_corpus
-from pipelines import text_pairs as tp
-from serving import export as exporting
+from layers.attention import ATTENTIONS, CELLS
+from models import seq2seq
+from models.seq2seq import ALPHA, BEAM_WIDTH, Translator
+from models.sequence_training import in_float32
+from pipelines import DataError, number_corpus, text_pairs
+from serving import export as export_lib
 
 APP = "translation"
 DEFAULT_DATA = "numbers"  # the generated corpus; else a tab-separated file or zip
 CORPUS_SIZE = number_corpus.DEFAULT_SIZE
 EPOCHS = 4
 BATCH_SIZE = 64  # per replica
-LEARNING_RATE = 3e-3  # Adam, with a short warm-up and a cosine decay to zero
-WARMUP_SHARE = 0.05
-CLIP_NORM = 1.0  # RNN gradients can spike; clipping keeps one bad batch from wrecking the run
-EMBEDDING_DIM = 64
-UNITS = 128  # per encoder direction; the decoder has twice as many (the memory's width)
-NUM_LAYERS = 1
-CELL = "gru"
-ATTENTION = "luong"
-DROPOUT = 0.0
-LABEL_SMOOTHING = 0.0
 MAX_LENGTH = 40  # tokens; longer training pairs are dropped (test pairs never are)
 MAX_TOKENS = 20_000  # per vocabulary
 VALIDATION_SIZE = 0.05  # share of the pairs (or a count when >= 1)
 TEST_SIZE = 0.05
-BEAM_WIDTH = 4
-ALPHA = 0.6  # GNMT's length penalty exponent
-OUTPUT_MARGIN = 10  # tokens a translation may run past the longest training target
-EVALUATE_BATCH = 128
 EXAMPLES = 8
 SEED = 42
 MODEL_BASE = Path("saved_models")
-LAST_RUN = runner.RUNS_ROOT / APP / "LAST"  # the run `translate` uses unless told otherwise
+
+
+@dataclass(kw_only=True)
+class TrainConfig(runner.TrainingConfig):
+    """`train`'s options. `max_tokens` is one vocabulary size for both languages or (source,
+    target); `learning_rate` is the peak rate for one replica's batch (scaled with the
+    replicas); `train_limit` trains on the first N training pairs only."""
+
+    data: str = DEFAULT_DATA
+    pair: str = number_corpus.DEFAULT_PAIR
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    seed: int = SEED
+    cell: str = seq2seq.CELL
+    layers: int = seq2seq.NUM_LAYERS  # bidirectional encoder layers
+    units: int = seq2seq.UNITS
+    embedding_dim: int = seq2seq.EMBEDDING_DIM
+    attention: str = seq2seq.ATTENTION
+    dropout: float = seq2seq.DROPOUT
+    label_smoothing: float = seq2seq.LABEL_SMOOTHING
+    learning_rate: float = seq2seq.LEARNING_RATE
+    lowercase: bool = False
+    reverse: bool = False
+    size: int = CORPUS_SIZE
+    max_length: int = MAX_LENGTH
+    max_tokens: int | tuple[int, int] = MAX_TOKENS
+    validation_size: float = VALIDATION_SIZE
+    test_size: float = TEST_SIZE
+    train_limit: int | None = None
+    evaluate_after: bool = True
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise UsageError(f"--cell {self.cell}: choose from {', '.join(CELLS)}")
+        if self.attention not in ATTENTIONS:
+            raise UsageError(f"--attention {self.attention}: choose from {', '.join(ATTENTIONS)}")
+        sizes = [self.max_tokens] if isinstance(self.max_tokens, int) else list(self.max_tokens)
+        if len(sizes) not in (1, 2):
+            raise UsageError("--max-tokens: one size for both vocabularies, or source and target")
+        self.max_tokens = tuple(sizes * 2)[:2]  # (source, target)
 
 
 def default_run_dir(data: str = DEFAULT_DATA, pair: str = number_corpus.DEFAULT_PAIR) -> Path:
@@ -89,10 +92,15 @@ def default_run_dir(data: str = DEFAULT_DATA, pair: str = number_corpus.DEFAULT_
     return runner.RUNS_ROOT / APP / name
 
 
-def last_run_dir() -> Path:
-    if LAST_RUN.is_file():
-        return Path(LAST_RUN.read_text().strip())
-    return default_run_dir()
+def find_run(run_dir: Path | None = None) -> runner.RunDir:
+    """--run-dir, else the run trained last (else the default corpus's directory)."""
+    return runner.find_run(APP, run_dir, fallback=default_run_dir())
+
+
+def model_of_run(run: dict, source_vocab: int, target_vocab: int) -> keras.Model:
+    """An untrained model of the architecture a run's config (run.json, or `asdict`) names."""
+    return seq2seq.build_model(source_vocab, target_vocab, run["embedding_dim"], run["units"],
+                               run["layers"], run["cell"], run["attention"], run["dropout"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,200 +127,16 @@ def load_corpus(data: str = DEFAULT_DATA, pair: str = number_corpus.DEFAULT_PAIR
         name = f"generated numbers and dates {pair}"
         splits = (number_corpus.token_split(source), number_corpus.token_split(target))
     else:
-        pairs = tp.read_pairs(Path(data), reverse=reverse)
+        pairs = text_pairs.read_pairs(Path(data), reverse=reverse)
         name = Path(data).name + (" (reversed)" if reverse else "")
         splits = ("word", "word")
-    train, validation, test = tp.split_pairs(pairs, validation_size, test_size)
+    train, validation, test = text_pairs.split_pairs(pairs, validation_size, test_size)
     return Corpus(name, train, validation, test, splits)
 
 
-# ---------------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package=APP)
-class Encoder(layers.Layer):
-    """Embedding -> stacked bidirectional RNN. Returns the memory [batch, S, 2 * units], its mask
-    [batch, S] (1 for tokens, 0 for padding) and the decoder's initial state (a list)."""
-
-    def __init__(self, vocab_size, embedding_dim=EMBEDDING_DIM, units=UNITS, num_layers=1,
-                 cell=CELL, dropout=0.0, decoder_units=None, **kwargs):
-        super().__init__(**kwargs)
-        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
-        self.num_layers, self.cell_type, self.dropout_rate = num_layers, cell, dropout
-        self.decoder_units = decoder_units or 2 * units
-        self.embedding = layers.Embedding(vocab_size, embedding_dim, name="embedding")
-        rnn = layers.GRU if cell == "gru" else layers.LSTM
-        self.rnns = [
-            layers.Bidirectional(rnn(units, return_sequences=True, return_state=True),
-                                 name=f"bi{cell}_{i}")
-            for i in range(num_layers)
-        ]
-        self.dropout = layers.Dropout(dropout)
-        states = 1 if cell == "gru" else 2  # h, or h and c
-        self.bridges = [layers.Dense(self.decoder_units, activation="tanh", name=f"bridge_{i}")
-                        for i in range(states)]
-
-    def call(self, source, training=None):
-        mask = ops.not_equal(source, tp.PAD)
-        x = self.dropout(self.embedding(source), training=training)
-        for rnn in self.rnns:
-            outputs = rnn(x, mask=mask, training=training)
-            x = self.dropout(outputs[0], training=training)
-        final = outputs[1:]  # forward states, then backward states
-        half = len(final) // 2
-        initial_state = [bridge(ops.concatenate([final[i], final[half + i]], axis=-1))
-                         for i, bridge in enumerate(self.bridges)]
-        return x, ops.cast(mask, "float32"), initial_state
-
-    def build(self, input_shape=None):
-        # The sub-layers build on the first call, which a functional model makes when it is
-        # created or loaded; nothing to create before that.
-        self.built = True
-
-    def get_config(self):
-        return {**super().get_config(), "vocab_size": self.vocab_size,
-                "embedding_dim": self.embedding_dim, "units": self.units,
-                "num_layers": self.num_layers, "cell": self.cell_type,
-                "dropout": self.dropout_rate, "decoder_units": self.decoder_units}
-
-
-def build_model(source_vocab: int, target_vocab: int, embedding_dim: int = EMBEDDING_DIM,
-                units: int = UNITS, num_layers: int = NUM_LAYERS, cell: str = CELL,
-                attention: str = ATTENTION, dropout: float = DROPOUT) -> keras.Model:
-    """The training model: (source [batch, S], target_in [batch, T]) -> logits [batch, T, V].
-    The decoder is twice as wide as one encoder direction, the width of the memory."""
-    if cell not in CELLS:
-        raise UsageError(f"--cell {cell}: choose from {', '.join(CELLS)}")
-    if attention not in ATTENTIONS:
-        raise UsageError(f"--attention {attention}: choose from {', '.join(ATTENTIONS)}")
-    source = keras.Input((None,), dtype="int32", name="source")
-    target_in = keras.Input((None,), dtype="int32", name="target_in")
-    encoder = Encoder(source_vocab, embedding_dim, units, num_layers, cell, dropout,
-                      name="encoder")
-    decoder = AttentionDecoder(target_vocab, embedding_dim, 2 * units, cell, attention, dropout,
-                               name="decoder")
-    memory, memory_mask, initial_state = encoder(source)
-    logits = decoder(target_in, memory, memory_mask, initial_state)
-    return keras.Model([source, target_in], logits, name=f"{cell}_{attention}_translator")
-
-
-def compile_model(model: keras.Model, steps: int, label_smoothing: float = LABEL_SMOOTHING,
-                  learning_rate: float = LEARNING_RATE) -> keras.Model:
-    """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate
-    for the global batch (`train` scales the per-replica rate with the replicas)."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(steps, 1), warmup_target=learning_rate,
-        warmup_steps=max(int(WARMUP_SHARE * steps), 1),
-    )
-    model.compile(
-        optimizer=GlobalClipAdam(schedule, global_clipnorm=CLIP_NORM),
-        loss=MaskedCrossEntropy(label_smoothing),
-        metrics=[MaskedAccuracy()],
-        jit_compile=False,  # every bucket has its own shapes: XLA would recompile for each
-    )
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding: the model as a step function for the beam search
-# ---------------------------------------------------------------------------------------------
-
-
-class Translator(EncoderDecoderSearch):
-    """A trained model with its tokenizers: strings in, strings out, by compiled beam search."""
-
-    def __init__(self, model: keras.Model, source: tp.Tokenizer, target: tp.Tokenizer,
-                 max_output_length: int):
-        # The decoder never predicts padding, an unknown word or a second [start].
-        super().__init__(model.get_layer("encoder"), model.get_layer("decoder"), target.size,
-                         forbidden_ids=(tp.PAD, tp.UNK, tp.START), start_id=tp.START,
-                         end_id=tp.END)
-        self.model, self.source, self.target = model, source, target
-        self.max_output_length = int(max_output_length)
-        self._compiled: dict = {}
-
-    def search(self, source_ids, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
-        """source ids [batch, S] -> beam_search's dict (tokens [batch, beam, L], scores, ...)."""
-        return self.decode(source_ids, self.output_limit(source_ids), beam_width, alpha)
-
-    def compiled_search(self, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
-        """`search` as one graph (tf.function), one per beam width and alpha."""
-        key = (int(beam_width), float(alpha))
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(
-                lambda ids: self.search(ids, *key),
-                input_signature=[tf.TensorSpec([None, None], tf.int32)],
-            )
-        return self._compiled[key]
-
-    def output_limit(self, source_ids) -> tf.Tensor:
-        # A translation rarely needs more than twice the source's tokens plus a few.
-        return tf.minimum(2 * tf.shape(source_ids)[1] + OUTPUT_MARGIN, self.max_output_length)
-
-    def eager_greedy(self, source_ids) -> np.ndarray:
-        """Greedy decoding the way the TensorFlow NMT tutorial does it: a Python loop calling
-        the model once per token, eagerly. Same tokens as `search` with beam width 1 (and the
-        baseline of bench/translation.py). -> [batch, length], 0 after the end token."""
-        memory, keys, mask, state = self.encode(source_ids)
-        tokens = tf.fill([tf.shape(source_ids)[0]], tp.START)
-        done = tf.zeros_like(tokens, dtype=tf.bool)
-        output = []
-        for _ in range(int(self.output_limit(source_ids))):
-            log_probs, state, _ = self.decode_step(tokens, state, memory, keys, mask)
-            tokens = tf.where(done, tp.PAD, tf.argmax(log_probs, axis=-1, output_type=tf.int32))
-            output.append(tokens.numpy())
-            done = done | tf.equal(tokens, tp.END)
-            if bool(tf.reduce_all(done)):
-                break
-        return np.stack(output, axis=1)
-
-    def source_ids(self, sentences: tf.Tensor) -> tf.Tensor:
-        """string [batch] -> padded ids [batch, S]; one padding column more keeps S >= 1."""
-        ids = self.source.ids(sentences).to_tensor()
-        return tf.pad(ids, [[0, 0], [0, 1]])
-
-    def translate_tensor(self, sentences: tf.Tensor, beam_width=BEAM_WIDTH, alpha=ALPHA):
-        """string [batch] -> {"translation": string [batch], "score": float [batch]}."""
-        ids = self.source_ids(sentences)
-        found = self.search(ids, beam_width, alpha)
-        return {"translation": self._texts(ids, found), "score": found["scores"][:, 0]}
-
-    def _texts(self, source_ids, found):
-        """The best hypotheses as text; a sentence without a single token translates to ""."""
-        empty = tf.reduce_all(tf.equal(source_ids, tp.PAD), axis=1)
-        return tf.where(empty, "", self.target.text(found["tokens"][:, 0]))
-
-    def translate(self, sentences: list[str], beam_width: int = BEAM_WIDTH, alpha: float = ALPHA,
-                  batch_size: int = EVALUATE_BATCH, progress: bool = False) -> list[str]:
-        """Sentences in, translations out, in batches of similar length (less padding)."""
-        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-        search = self.compiled_search(beam_width, alpha)
-        out = [""] * len(sentences)
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="translating", disable=not progress, leave=False):
-            chunk = order[start : start + batch_size]
-            ids = self.source_ids(tf.constant([sentences[i] for i in chunk]))
-            texts = self._texts(ids, search(ids)).numpy()
-            for i, text in zip(chunk, texts):
-                out[i] = text.decode("utf-8")
-        return out
-
-    def best_ids(self, sentences: list[str], beam_width=BEAM_WIDTH, alpha=ALPHA) -> dict:
-        """Token ids and scores of the best hypothesis per sentence (numpy)."""
-        found = self.compiled_search(beam_width, alpha)(self.source_ids(tf.constant(sentences)))
-        return {"tokens": found["tokens"][:, 0].numpy(), "lengths": found["lengths"][:, 0].numpy(),
-                "scores": found["scores"][:, 0].numpy(),
-                "log_probs": found["log_probs"][:, 0].numpy()}
-
-    def attention(self, sentence: str, output_ids: np.ndarray) -> np.ndarray:
-        """Attention weights [output tokens, source tokens] while writing `output_ids`."""
-        source_ids = self.source.ids(tf.constant([sentence])).to_tensor()
-        memory, _, mask, state = self.encode(source_ids)
-        target_in = tf.constant([[tp.START, *output_ids[:-1]]], tf.int32)
-        _, weights = self.decoder(target_in, memory, mask, state, return_attention=True)
-        return weights.numpy()[0]
+def corpus_of_run(run: dict) -> Corpus:
+    return load_corpus(run["data"], run["pair"], run["size"], run["reverse"],
+                       run["validation_size"], run["test_size"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,107 +144,54 @@ class Translator(EncoderDecoderSearch):
 # ---------------------------------------------------------------------------------------------
 
 
-def train(
-    data: str = DEFAULT_DATA,
-    pair: str = number_corpus.DEFAULT_PAIR,
-    epochs: int = EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    cell: str = CELL,
-    num_layers: int = NUM_LAYERS,
-    units: int = UNITS,
-    embedding_dim: int = EMBEDDING_DIM,
-    attention: str = ATTENTION,
-    dropout: float = DROPOUT,
-    label_smoothing: float = LABEL_SMOOTHING,
-    learning_rate: float = LEARNING_RATE,
-    lowercase: bool = False,
-    reverse: bool = False,
-    size: int = CORPUS_SIZE,
-    max_length: int = MAX_LENGTH,
-    max_tokens: int | tuple[int, int] = MAX_TOKENS,
-    validation_size: float = VALIDATION_SIZE,
-    test_size: float = TEST_SIZE,
-    train_limit: int | None = None,
-    strategy_name: str = "auto",
-    run_dir: Path | None = None,
-    seed: int = SEED,
-    verbose: int | str = "auto",
-    evaluate_after: bool = True,
-    jit: bool = False,
-    backup_every: int | None = None,
-) -> dict:
+def train(config: TrainConfig | None = None) -> dict:
     """Trains on the training split, keeps the epoch with the best validation token accuracy,
-    reports sacreBLEU on the test split. `train_limit` trains on the first N training pairs;
-    `max_tokens` is one vocabulary size for both languages or (source, target);
-    `learning_rate` is the peak rate for one replica's batch (scaled with the replicas).
-    A re-run of a killed run resumes exactly from its newest backup (`runner.fit`)."""
-    keras.utils.set_random_seed(seed)
-    corpus = load_corpus(data, pair, size, reverse, validation_size, test_size)
-    train_pairs = corpus.train[:train_limit] if train_limit else corpus.train
-    if isinstance(max_tokens, int):
-        max_tokens = (max_tokens, max_tokens)
+    reports sacreBLEU on the test split. A re-run of a killed run resumes exactly from its
+    newest backup (`runner.fit`)."""
+    config = config or TrainConfig()
+    run = runner.TrainingRun(APP, config, default_run_dir(config.data, config.pair))
+    corpus = load_corpus(config.data, config.pair, config.size, config.reverse,
+                         config.validation_size, config.test_size)
+    train_pairs = corpus.train[: config.train_limit] if config.train_limit else corpus.train
     # The output layer's cost grows with the target vocabulary: often worth a smaller one.
-    source, target = tp.build_tokenizers(train_pairs, tuple(max_tokens), corpus.splits,
-                                         lowercase)
-    train_ids = tp.encode_pairs(train_pairs, source, target, max_length)
-    validation_ids = tp.encode_pairs(corpus.validation, source, target, max_length)
+    source, target = text_pairs.build_tokenizers(train_pairs, config.max_tokens, corpus.splits,
+                                                 config.lowercase)
+    train_ids = text_pairs.encode_pairs(train_pairs, source, target, config.max_length)
+    validation_ids = text_pairs.encode_pairs(corpus.validation, source, target,
+                                             config.max_length)
     if not train_ids[0] or not validation_ids[0]:
-        raise DataError(f"{corpus.name}: no training or validation pair is at most {max_length}"
-                        " tokens long (--max-length)")
-    strategy = runner.choose_strategy(strategy_name)
-    run_dir = runner.worker_run_dir(Path(run_dir or default_run_dir(data, pair)), strategy)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = batch_size * replicas
+        raise DataError(f"{corpus.name}: no training or validation pair is at most"
+                        f" {config.max_length} tokens long (--max-length)")
 
     def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
-        return tp.batches(*train_ids, global_batch, shuffle=True, seed=seed + epoch,
-                          multiple_of=replicas)
+        return text_pairs.batches(*train_ids, run.global_batch, shuffle=True,
+                                  seed=config.seed + epoch, multiple_of=run.replicas)
 
     # Every length bucket ends in a partial batch: more batches than pairs / global batch.
     steps_per_epoch = int(epoch_batches(0).cardinality())
     longest_target = max(len(t) for t in train_ids[1]) - 1  # tokens after [start], [end] included
-
-    resumed = runner.start_run(run_dir)
-    tp.write_vocabulary(run_dir / "source_vocab.txt", source.vocabulary)
-    tp.write_vocabulary(run_dir / "target_vocab.txt", target.vocabulary)
-    run = {"app": APP, "data": data, "pair": pair, "size": size, "reverse": reverse,
-           "corpus": corpus.name, "splits": list(corpus.splits), "lowercase": lowercase,
-           "validation_size": validation_size, "test_size": test_size,
-           "train_pairs": len(train_ids[0]), "max_length": max_length,
-           "max_output_length": longest_target + OUTPUT_MARGIN,
-           "model": {"embedding_dim": embedding_dim, "units": units, "num_layers": num_layers,
-                     "cell": cell, "attention": attention, "dropout": dropout},
-           "epochs": epochs, "batch_size": batch_size, "label_smoothing": label_smoothing,
-           "learning_rate": learning_rate, "seed": seed,
-           "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
-           "global_learning_rate": runner.scaled_learning_rate(learning_rate, strategy)}
-    runner.write_json(run_dir / "run.json", run)
-    with strategy.scope():
-        model = build_model(source.size, target.size, **run["model"])
-        compile_model(model, epochs * steps_per_epoch, label_smoothing,
-                      runner.scaled_learning_rate(learning_rate, strategy))
-    started = time.perf_counter()
-    steps = runner.fit(
-        model, epoch_batches, epochs, run_dir, steps_per_epoch=steps_per_epoch,
-        validation_data=tp.batches(*validation_ids, global_batch, multiple_of=replicas),
-        callbacks=runner.training_callbacks(run_dir, monitor="val_masked_accuracy",
-                                            resumed=resumed is not None),
-        backup_every=backup_every, jit=jit, verbose=verbose,
-    )
-    training_seconds = time.perf_counter() - started
-    runner.plot_history(run_dir)
-    if runner.is_chief(strategy):  # another worker's run directory is scratch
-        LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
-        LAST_RUN.write_text(f"{run_dir.resolve()}\n")
-    metrics = {"training_seconds": round(training_seconds, 1), "epochs": epochs,
+    learning_rate = run.scaled_learning_rate(config.learning_rate)
+    run.start(corpus=corpus.name, splits=list(corpus.splits), train_pairs=len(train_ids[0]),
+              max_output_length=longest_target + seq2seq.OUTPUT_MARGIN,
+              global_learning_rate=learning_rate)
+    text_pairs.write_vocabulary(run.path / "source_vocab.txt", source.vocabulary)
+    text_pairs.write_vocabulary(run.path / "target_vocab.txt", target.vocabulary)
+    with run.strategy.scope():
+        model = model_of_run(dataclasses.asdict(config), source.size, target.size)
+        seq2seq.compile_model(model, config.epochs * steps_per_epoch, config.label_smoothing,
+                              learning_rate)
+    steps = run.fit(model, epoch_batches, steps_per_epoch=steps_per_epoch,
+                    validation_data=text_pairs.batches(*validation_ids, run.global_batch,
+                                                       multiple_of=run.replicas),
+                    monitor="val_masked_accuracy")
+    metrics = {"training_seconds": run.training_seconds, "epochs": config.epochs,
                "steps": steps, "train_pairs": len(train_ids[0])}
-    if evaluate_after:
-        metrics.update(held_out_metrics(load_translator(run_dir), corpus, run_dir))
+    if config.evaluate_after:
+        metrics.update(held_out_metrics(load_translator(run.path), corpus, run.path))
         print(f"{APP} on {corpus.name}: test sacreBLEU {metrics['bleu']:.1f}, chrF"
               f" {metrics['chrf']:.1f} ({metrics['test_pairs']} held-out pairs, beam"
-              f" {metrics['beam_width']}), run directory {run_dir}")
-    runner.write_json(run_dir / "metrics.json", metrics)
-    return metrics
+              f" {metrics['beam_width']}), run directory {run.path}")
+    return run.finish(metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,26 +199,16 @@ def train(
 # ---------------------------------------------------------------------------------------------
 
 
-def load_run(run_dir: Path) -> tuple[keras.Model, dict]:
-    checkpoint = run_dir / "best.keras"
-    if not checkpoint.is_file():
-        raise UsageError(f"{run_dir}: no trained model (best.keras); run `train` first")
-    return (in_float32(keras.saving.load_model(checkpoint, compile=False)),
-            json.loads((run_dir / "run.json").read_text()))
-
-
-def load_translator(run_dir: Path) -> Translator:
-    model, run = load_run(run_dir)
-    source = tp.Tokenizer(tp.read_vocabulary(run_dir / "source_vocab.txt"), run["splits"][0],
-                          run["lowercase"])
-    target = tp.Tokenizer(tp.read_vocabulary(run_dir / "target_vocab.txt"), run["splits"][1],
-                          run["lowercase"])
-    return Translator(model, source, target, run["max_output_length"])
-
-
-def corpus_of_run(run: dict) -> Corpus:
-    return load_corpus(run["data"], run["pair"], run["size"], run["reverse"],
-                       run["validation_size"], run["test_size"])
+def load_translator(run_dir: Path | None = None) -> Translator:
+    """A run's best checkpoint with its vocabularies, decoding in float32."""
+    run = find_run(run_dir)
+    model = in_float32(keras.saving.load_model(run.file("best.keras"), compile=False))
+    config = run.config()
+    source, target = (
+        text_pairs.Tokenizer(text_pairs.read_vocabulary(run.path / f"{side}_vocab.txt"), split,
+                             config["lowercase"])
+        for side, split in zip(("source", "target"), config["splits"]))
+    return Translator(model, source, target, config["max_output_length"])
 
 
 def bleu_and_chrf(hypotheses: list[str], references: list[str], lowercase: bool) -> dict:
@@ -509,17 +270,16 @@ def plot_attention(translator: Translator, sentence: str, path: Path) -> Path:
 def evaluate(run_dir: Path | None = None, beam_width: int = BEAM_WIDTH,
              alpha: float = ALPHA) -> dict:
     """`evaluate`: sacreBLEU and chrF on a run's test split, a table of examples."""
-    run_dir = Path(run_dir or last_run_dir())
-    translator = load_translator(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    corpus = corpus_of_run(run)
-    metrics = held_out_metrics(translator, corpus, run_dir, beam_width, alpha, progress=True)
+    run = find_run(run_dir)
+    corpus = corpus_of_run(run.config())
+    metrics = held_out_metrics(load_translator(run.path), corpus, run.path, beam_width, alpha,
+                               progress=True)
     runner.print_table([{"source": e["source"], "reference": e["reference"],
                          "translation": e["translation"]} for e in metrics["examples"]])
     print(f"\nsacreBLEU {metrics['bleu']:.1f}  chrF {metrics['chrf']:.1f}  exact"
           f" {metrics['exact_match']:.1%}  on {metrics['test_pairs']} held-out pairs of"
           f" {corpus.name} (beam {beam_width}, alpha {alpha})\n{metrics['bleu_signature']}\n"
-          f"attention heat map and JSON in {run_dir}")
+          f"attention heat map and JSON in {run.path}")
     return metrics
 
 
@@ -549,7 +309,7 @@ def translate(sentences: list[str], run_dir: Path | None = None, beam_width: int
               alpha: float = ALPHA) -> list[str]:
     import unicodedata
 
-    translator = load_translator(Path(run_dir or last_run_dir()))
+    translator = load_translator(run_dir)
     sentences = [unicodedata.normalize("NFC", s) for s in sentences]
     return translator.translate(sentences, beam_width, alpha)
 
@@ -562,7 +322,6 @@ TFLITE_SIGNATURES = ("encode", "decode_step")
 # No full-int8 variant: TF 2.21's converter crashes (segmentation fault) while calibrating this
 # two-signature RNN model. "dynamic" (int8 weights, float activations) is the small one.
 LITE_VARIANTS = ("float32", "float16", "dynamic")
-REPRESENTATIVE_SENTENCES = 40  # calibration sentences for the int8 variant
 
 
 def serving_archive(translator: Translator, beam_width: int = BEAM_WIDTH,
@@ -618,12 +377,13 @@ def lite_config(translator: Translator, run: dict, source_length: int) -> dict:
     return {
         "kind": "seq2seq", "signatures": list(TFLITE_SIGNATURES),
         "source_length": source_length, "max_output_length": translator.max_output_length,
-        "output_margin": OUTPUT_MARGIN,
+        "output_margin": seq2seq.OUTPUT_MARGIN,
         "states": translator.decoder.state_count,
-        "ids": {"pad": tp.PAD, "unk": tp.UNK, "start": tp.START, "end": tp.END},
+        "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK, "start": text_pairs.START,
+                "end": text_pairs.END},
         "source_vocab": "source_vocab.txt", "target_vocab": "target_vocab.txt",
         "source_split": run["splits"][0], "target_split": run["splits"][1],
-        "lowercase": run["lowercase"], "standardize": tp.STANDARDIZE_RULES,
+        "lowercase": run["lowercase"], "standardize": text_pairs.STANDARDIZE_RULES,
     }
 
 
@@ -634,54 +394,40 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
     the LiteRT interpreter against the Keras greedy decode on test sentences."""
     from serving.litert_seq2seq import Seq2SeqLiteRT
 
-    run_dir = Path(run_dir or last_run_dir())
-    translator = load_translator(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    source_length = int(run["max_length"])
-    corpus = corpus_of_run(run)
-    test_sources = [s for s, _ in corpus.test]
+    run = find_run(run_dir)
+    translator = load_translator(run.path)
+    config = run.config()
+    source_length = int(config["max_length"])
+    test_sources = [s for s, _ in corpus_of_run(config).test]
     fitting = [s for s, ids in zip(test_sources, translator.source.id_lists(test_sources))
                if len(ids) <= source_length]
-    check = fitting[:check_sentences]
+    check_set = fitting[:check_sentences]
     # One sentence at a time, as on the phone: the output limit depends on the source length.
-    keras_greedy = [translator.best_ids([sentence], beam_width=1, alpha=0.0) for sentence in check]
-    report: dict = {"checked_sentences": len(check), "source_length": source_length}
+    keras_greedy = [translator.best_ids([sentence], beam_width=1, alpha=0.0)
+                    for sentence in check_set]
 
-    def write(version_dir: Path) -> None:
-        serving_archive(translator).write_out(str(version_dir), verbose=False)
-        extra = version_dir / exporting.EXTRA_DIR
-        extra.mkdir()
-        shutil.copy(run_dir / "source_vocab.txt", extra / "source_vocab.txt")
-        shutil.copy(run_dir / "target_vocab.txt", extra / "target_vocab.txt")
-        runner.write_json(extra / "litert.json", lite_config(translator, run, source_length))
-        with tempfile.TemporaryDirectory() as lite_dir:
-            lite_archive(translator, source_length).write_out(lite_dir, verbose=False)
-            for variant in tqdm(LITE_VARIANTS, desc="TFLite", disable=quiet):
-                content = exporting.convert_to_tflite(Path(lite_dir), TFLITE_SIGNATURES,
-                                                      variant)
-                path = extra / f"{APP}_{variant}.tflite"
-                path.write_bytes(content)
-                lite = Seq2SeqLiteRT(path)
-                same = [
-                    lite.greedy_ids(lite.source_ids(sentence))
-                    == list(greedy["tokens"][0][: greedy["lengths"][0]])
-                    for sentence, greedy in zip(check, keras_greedy)
-                ]
-                report[variant] = {"file": path.name, "bytes": len(content),
-                                   "same_tokens_as_keras_greedy": float(np.mean(same))}
-        runner.write_json(extra / "tflite_report.json", report)
+    def check(path: Path) -> dict:  # litert.json and the vocabularies are already beside it
+        lite = Seq2SeqLiteRT(path)
+        same = [lite.greedy_ids(lite.source_ids(sentence))
+                == list(greedy["tokens"][0][: greedy["lengths"][0]])
+                for sentence, greedy in zip(check_set, keras_greedy)]
+        return {"same_tokens_as_keras_greedy": float(np.mean(same))}
 
-    version_dir = exporting.publish(Path(model_base) / APP, write)
-    report["saved_model"] = str(version_dir)
+    report = export_lib.write_version(
+        Path(model_base) / APP, serving_archive(translator),
+        assets={"source_vocab.txt": run.file("source_vocab.txt"),
+                "target_vocab.txt": run.file("target_vocab.txt"),
+                "litert.json": lite_config(translator, config, source_length)},
+        tflite=export_lib.TFLiteFiles(APP, TFLITE_SIGNATURES, variants=LITE_VARIANTS,
+                                      check=check, archive=lite_archive(translator,
+                                                                        source_length)),
+        report={"checked_sentences": len(check_set), "source_length": source_length},
+        progress=not quiet,
+    )
     if not quiet:
-        runner.print_table([
-            {"format": f"TFLite {v}", "file": report[v]["file"],
-             "size (KiB)": f"{report[v]['bytes'] / 1024:.1f}",
-             "greedy tokens = Keras": f"{report[v]['same_tokens_as_keras_greedy']:.0%}"}
-            for v in LITE_VARIANTS
-        ])
-        print(f"\nSavedModel (serving_default: strings -> translations) and .tflite files in"
-              f" {version_dir}; sentences up to {source_length} tokens on LiteRT")
+        runner.print_export(report)
+        print(f"serving_default: strings -> translations; sentences up to {source_length}"
+              " tokens on LiteRT")
     return report
 
 
@@ -690,19 +436,18 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
 # ---------------------------------------------------------------------------------------------
 
 
-DEMO_SIZE, DEMO_EPOCHS = 12_000, 3  # about a minute of training on 2 cores
+DEMO_SIZE, DEMO_EPOCHS = 12_000, 3  # a short run: `make demo` trains every app in turn
 
 
 def demo(model_base: Path = MODEL_BASE) -> dict:
     """`make demo`'s share: an en-fr model on the generated corpus, evaluated, exported."""
-    metrics = train(size=DEMO_SIZE, epochs=DEMO_EPOCHS, verbose=2)
+    metrics = train(TrainConfig(size=DEMO_SIZE, epochs=DEMO_EPOCHS, verbose=2))
     report = export(model_base=model_base, quiet=True)
     return {
         "app": "translation (BiGRU + attention, en-fr)",
         "quality": f"sacreBLEU {metrics['bleu']:.1f} ({metrics['test_pairs']} held-out pairs)",
         "SavedModel": report["saved_model"],
-        ".tflite KiB f32/f16/dyn/int8": "/".join(
-            f"{report[v]['bytes'] / 1024:.0f}" for v in LITE_VARIANTS) + "/n.a.",
+        ".tflite KiB f32/f16/dyn/int8": export_lib.variant_sizes(report),
     }
 
 
@@ -741,21 +486,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="language pair of the generated corpus (default: %(default)s)")
     train_parser.add_argument("--reverse", action="store_true",
                               help="translate the file's second column into its first")
-    train_parser.add_argument("--cell", choices=CELLS, default=CELL, help="default: %(default)s")
-    train_parser.add_argument("--layers", type=int, default=NUM_LAYERS,
+    train_parser.add_argument("--cell", choices=CELLS, default=seq2seq.CELL,
+                              help="default: %(default)s")
+    train_parser.add_argument("--layers", type=int, default=seq2seq.NUM_LAYERS,
                               help="bidirectional encoder layers (default: %(default)s)")
-    train_parser.add_argument("--units", type=int, default=UNITS,
+    train_parser.add_argument("--units", type=int, default=seq2seq.UNITS,
                               help="units per encoder direction; the decoder has twice as many"
                                    " (default: %(default)s)")
-    train_parser.add_argument("--embedding-dim", type=int, default=EMBEDDING_DIM,
+    train_parser.add_argument("--embedding-dim", type=int, default=seq2seq.EMBEDDING_DIM,
                               help="default: %(default)s")
-    train_parser.add_argument("--attention", choices=ATTENTIONS, default=ATTENTION,
+    train_parser.add_argument("--attention", choices=ATTENTIONS, default=seq2seq.ATTENTION,
                               help="score function (default: %(default)s)")
-    train_parser.add_argument("--dropout", type=float, default=DROPOUT,
+    train_parser.add_argument("--dropout", type=float, default=seq2seq.DROPOUT,
                               help="default: %(default)s")
-    train_parser.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING,
+    train_parser.add_argument("--label-smoothing", type=float, default=seq2seq.LABEL_SMOOTHING,
                               help="default: %(default)s")
-    train_parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+    train_parser.add_argument("--learning-rate", type=float, default=seq2seq.LEARNING_RATE,
                               help="peak Adam learning rate for one replica's batch; N"
                                    " replicas train at N times it (default: %(default)s)")
     train_parser.add_argument("--lowercase", action="store_true",
@@ -797,12 +543,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.command == "train":
         runner.configure(args)
-        train(args.data, args.pair, args.epochs, args.batch_size, args.cell, args.layers,
-              args.units, args.embedding_dim, args.attention, args.dropout,
-              args.label_smoothing, args.learning_rate, args.lowercase, args.reverse, args.size,
-              args.max_length, tuple((args.max_tokens * 2)[:2]), test_size=args.test_size,
-              strategy_name=args.strategy, run_dir=args.run_dir, seed=args.seed,
-              verbose=args.verbose, jit=args.jit, backup_every=args.backup_every)
+        train(runner.config_from_args(TrainConfig, args))
     elif args.command == "evaluate":
         evaluate(args.run_dir, args.beam_width, args.alpha)
     elif args.command == "translate":

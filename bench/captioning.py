@@ -16,8 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from apps import captioning as cap
-from apps import runner
+from apps import captioning, runner
 from bench import save_results
 
 BLEU4_TARGET = 80.0
@@ -26,8 +25,9 @@ FIXTURE_IMAGES = 300
 
 def train_one(decoder: str, scenes: int, epochs: int, workdir: Path) -> dict:
     cpu, wall = time.process_time(), time.perf_counter()
-    metrics = cap.train(scenes=scenes, epochs=epochs, decoder=decoder,
-                        run_dir=workdir / decoder, verbose=2)
+    config = captioning.TrainConfig(scenes=scenes, epochs=epochs, decoder=decoder,
+                                    run_dir=workdir / decoder, verbose=2)
+    metrics = captioning.train(config)
     return {"decoder": decoder, **{f"BLEU-{n}": round(metrics[f"bleu{n}"], 1) for n in range(1, 5)},
             "most frequent caption BLEU-4": round(metrics["most_frequent_bleu4"], 1),
             "exact": f"{metrics['exact_match']:.1%}", "held-out images": metrics["test_images"],
@@ -38,23 +38,23 @@ def train_one(decoder: str, scenes: int, epochs: int, workdir: Path) -> dict:
 def flickr_loader(workdir: Path, count: int = FIXTURE_IMAGES) -> dict:
     from PIL import Image
 
-    from pipelines import captions as cp
+    from pipelines import captions as caption_data
 
     folder = workdir / "Flickr8k"
     names = [f"{1000000 + i}_{i:x}.jpg" for i in range(count)]
     for i, name in enumerate(names):
         (folder / "Flicker8k_Dataset").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (500, 375), (i % 255, 80, 160)).save(folder / "Flicker8k_Dataset" / name)
-    (folder / cp.TOKEN_FILE).write_text("".join(
+    (folder / caption_data.TOKEN_FILE).write_text("".join(
         f"{n}#{k}\tA dog runs through the grass number {k} .\n" for n in names for k in range(5)))
     cut = (int(0.8 * count), int(0.9 * count))
-    for split, part in zip(cp.FLICKR_SPLIT_FILES.values(),
-                           (names[: cut[0]], names[cut[0] : cut[1]], names[cut[1] :])):
+    for split, part in zip(caption_data.FLICKR_SPLIT_FILES.values(),
+                                     (names[: cut[0]], names[cut[0] : cut[1]], names[cut[1] :])):
         (folder / split).write_text("\n".join(part) + "\n")
     started = time.perf_counter()
-    data = cp.load(str(folder))
+    data = caption_data.load(str(folder))
     checked = time.perf_counter() - started
-    images = cp.image_array(data.train.images, cap.IMAGE_SIZE)
+    images = caption_data.image_array(data.train.images, captioning.IMAGE_SIZE)
     return {"images": count, "captions": 5 * count,
             "splits": f"{len(data.train)}/{len(data.validation)}/{len(data.test)}",
             "load + check s": round(checked, 2),
@@ -65,15 +65,17 @@ def flickr_loader(workdir: Path, count: int = FIXTURE_IMAGES) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.captioning", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=int, default=cap.SCENES)
-    parser.add_argument("--epochs", type=int, default=cap.EPOCHS)
-    parser.add_argument("--decoders", nargs="+", choices=cap.DECODERS, default=list(cap.DECODERS))
+    parser.add_argument("--scenes", type=int, default=captioning.SCENES)
+    parser.add_argument("--epochs", type=int, default=captioning.EPOCHS)
+    parser.add_argument("--decoders", nargs="+", choices=captioning.DECODERS,
+                        default=list(captioning.DECODERS))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [train_one(d, args.scenes, args.epochs, Path(tmp)) for d in args.decoders]
         loader = flickr_loader(Path(tmp))
     print(f"\nShape scenes ({args.scenes} generated, {args.epochs} epochs, beam"
-          f" {cap.BEAM_WIDTH}); target BLEU-4 >= {BLEU4_TARGET:.0f} on held-out combinations")
+          f" {captioning.BEAM_WIDTH}); target BLEU-4 >= {BLEU4_TARGET:.0f} on held-out"
+          " combinations")
     runner.print_table(rows)
     print("\nFlickr8k loader on a fixture with the real layout")
     runner.print_table([loader])

@@ -59,8 +59,9 @@ def measure_translation(configuration: dict, epochs: int) -> dict:
     from apps import translation
 
     with tempfile.TemporaryDirectory() as run_dir:
-        metrics = translation.train(epochs=epochs, run_dir=Path(run_dir), verbose=0,
-                                    evaluate_after=False, jit=configuration.get("jit", False))
+        metrics = translation.train(translation.TrainConfig(
+            epochs=epochs, run_dir=Path(run_dir), verbose=0, evaluate_after=False,
+            jit=configuration.get("jit", False)))
     return {"images_per_second": metrics["train_pairs"] * epochs / metrics["training_seconds"],
             "replicas": 1}
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 from apps import runner
 from apps import translation as tr
 from bench import SHARED_DATA, save_results
+from models import seq2seq
 
 TATOEBA = SHARED_DATA / "tatoeba-spa-eng" / "spa-eng.zip"
 BLEU_TARGET = 35.0
@@ -31,7 +32,7 @@ HELD_OUT = 2000
 # The full configuration: what fits in 45 minutes on the 2-core development machine. Two epochs
 # over the 114,935 training pairs took 28.3 CPU-minutes (1,799 steps of 64 each) and reached
 # sacreBLEU 38.8; three epochs stay under 45 minutes even on a single free core.
-CONFIG = {"epochs": 3, "batch_size": 64, "units": 256, "embedding_dim": 256, "num_layers": 1,
+CONFIG = {"epochs": 3, "batch_size": 64, "units": 256, "embedding_dim": 256, "layers": 1,
           "cell": "gru", "attention": "luong", "dropout": 0.2, "label_smoothing": 0.1,
           "learning_rate": 2e-3, "max_length": 30,
           # source, target: the target vocabulary sizes the output layer, most of the cost
@@ -50,8 +51,8 @@ def sentences_per_second(function, sentences: list, batch: int) -> float:
     return len(sentences) / (time.perf_counter() - started)
 
 
-def decoding_speed(translator: tr.Translator, sentences: list[str]) -> dict:
-    def compiled(width, alpha=tr.ALPHA):
+def decoding_speed(translator: seq2seq.Translator, sentences: list[str]) -> dict:
+    def compiled(width, alpha=seq2seq.ALPHA):
         search = translator.compiled_search(width, alpha if width > 1 else 0.0)
         return lambda chunk: search(translator.source_ids(tf.constant(chunk)))["tokens"].numpy()
 
@@ -91,9 +92,9 @@ def main(argv=None) -> dict:
 
     started = time.process_time(), time.perf_counter()
     if not args.speed_only:
-        tr.train(data=str(args.data), reverse=True, validation_size=HELD_OUT,
-                 test_size=HELD_OUT, train_limit=args.train_limit, run_dir=args.run_dir,
-                 verbose=2, evaluate_after=False, **config)
+        tr.train(tr.TrainConfig(data=str(args.data), reverse=True, validation_size=HELD_OUT,
+                                test_size=HELD_OUT, train_limit=args.train_limit,
+                                run_dir=args.run_dir, verbose=2, evaluate_after=False, **config))
     cpu_seconds = time.process_time() - started[0]
     wall_seconds = time.perf_counter() - started[1]
     run = runner.read_history(args.run_dir)
@@ -103,7 +104,7 @@ def main(argv=None) -> dict:
     quality = {}
     for width in (4, 1):
         metrics = tr.held_out_metrics(translator, corpus, args.run_dir, beam_width=width,
-                                      alpha=tr.ALPHA if width > 1 else 0.0, progress=True)
+                                      alpha=seq2seq.ALPHA if width > 1 else 0.0, progress=True)
         quality[f"beam {width}"] = {k: metrics[k] for k in ("bleu", "chrf", "bleu_signature",
                                                             "test_pairs", "exact_match")}
     sentences = [s for s, _ in corpus.test[:SPEED_SENTENCES]]

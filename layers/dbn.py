@@ -21,7 +21,7 @@ to imagine.
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
+from keras import ops
 
 from layers.rbm import RBM, RBMTrainer
 
@@ -70,15 +70,15 @@ class DeepBeliefNetwork:
                    dropout: float = FINE_TUNE_DROPOUT) -> keras.Model:
         """A Keras MLP initialised from the RBMs: Flatten, Dense(sigmoid) per RBM, softmax."""
         inputs = keras.Input(input_shape, name="pixels")
-        x = layers.Flatten()(inputs)
+        x = keras.layers.Flatten()(inputs)
         for rbm in self.rbms:
-            dense = layers.Dense(rbm.units, activation="sigmoid", name=f"{rbm.name}_dense")
+            dense = keras.layers.Dense(rbm.units, activation="sigmoid", name=f"{rbm.name}_dense")
             x = dense(x)
             if rbm.built:
                 dense.set_weights([ops.convert_to_numpy(rbm.kernel),
                                    ops.convert_to_numpy(rbm.hidden_bias)])
-            x = layers.Dropout(dropout)(x)
-        outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+            x = keras.layers.Dropout(dropout)(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
         return keras.Model(inputs, outputs, name="dbn")
 
     def sample(self, count: int, gibbs_steps: int = 200, seed: int = 0):

@@ -13,10 +13,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from apps import captioning as cap
-from apps import runner
+from apps import captioning, runner
 from pipelines import DataError
-from pipelines import captions as cp
+from pipelines import captions as caption_data
 from serving.litert_captioning import CaptionLiteRT
 
 # Small enough to train in about 20 s on 2 cores, big enough to caption new combinations.
@@ -26,18 +25,18 @@ SMALL = {"scenes": 2500, "epochs": 5, "units": 128}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("captioning") / "attention"
-    metrics = cap.train(**SMALL, run_dir=run_dir, verbose=0)
+    metrics = captioning.train(captioning.TrainConfig(**SMALL, run_dir=run_dir, verbose=0))
     return run_dir, metrics
 
 
 @pytest.fixture(scope="module")
 def captioner(trained):
-    return cap.load_captioner(trained[0])
+    return captioning.load_captioner(trained[0])
 
 
 @pytest.fixture(scope="module")
 def data():
-    return cap.load_data(scenes=SMALL["scenes"])
+    return captioning.load_data(scenes=SMALL["scenes"])
 
 
 def test_learns_new_combinations_far_above_untrained_copy_and_most_frequent_caption(
@@ -50,12 +49,12 @@ def test_learns_new_combinations_far_above_untrained_copy_and_most_frequent_capt
     assert metrics["bleu4"] >= metrics["most_frequent_bleu4"] + 50
 
     run = json.loads((run_dir / "run.json").read_text())
-    untrained = cap.Captioner(
-        cap.build_model(captioner.tokenizer.size, units=run["model"]["units"]),
+    untrained = captioning.Captioner(
+        captioning.build_model(captioner.tokenizer.size, units=run["units"]),
         captioner.tokenizer, captioner.max_length)
     images = data.test.images[:100]
-    untrained_bleu = cap.bleu_scores(untrained.captions(images),
-                                     data.test.references[:100])["bleu4"]
+    untrained_bleu = captioning.bleu_scores(untrained.captions(images),
+                                            data.test.references[:100])["bleu4"]
     assert untrained_bleu <= 10, untrained_bleu
     assert metrics["bleu4"] >= untrained_bleu + 55
     # Every held-out 2-3 object combination is absent from training.
@@ -64,7 +63,8 @@ def test_learns_new_combinations_far_above_untrained_copy_and_most_frequent_capt
 
 
 def test_attention_beats_show_and_tell_on_two_and_three_objects(trained, tmp_path):
-    metrics = cap.train(**SMALL, decoder="show-and-tell", run_dir=tmp_path / "sat", verbose=0)
+    metrics = captioning.train(captioning.TrainConfig(**SMALL, decoder="show-and-tell",
+                                                      run_dir=tmp_path / "sat", verbose=0))
     attention = trained[1]
     # Both stated in the report; the mean-pooled image vector loses where things are.
     print(f"BLEU-4 attention {attention['bleu4']:.1f}, show-and-tell {metrics['bleu4']:.1f}")
@@ -115,8 +115,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    report = cap.export(trained[0], tmp_path_factory.mktemp("models"), quiet=True,
-                        check_images=10)
+    report = captioning.export(trained[0], tmp_path_factory.mktemp("models"), quiet=True,
+                               check_images=10)
     return Path(report["saved_model"]), report
 
 
@@ -157,7 +157,7 @@ def test_caption_command_prints_one_caption_per_image(trained, captioner, data, 
     for i in range(2):
         paths.append(tmp_path / f"scene{i}.png")
         paths[-1].write_bytes(png_bytes(data.test.images[i]))
-    cap.main(["caption", *map(str, paths), "--run-dir", str(trained[0])])
+    captioning.main(["caption", *map(str, paths), "--run-dir", str(trained[0])])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert [line.split(": ", 1)[1] for line in lines] == captioner.captions(data.test.images[:2])
@@ -169,7 +169,7 @@ def test_missing_and_unreadable_images_fail_in_one_line(trained, tmp_path, capsy
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     for path, words in ((tmp_path / "nope.png", "missing"), (bad, "unreadable image")):
         with pytest.raises(SystemExit) as exit_info:
-            runner.run_cli(cap.main, ["caption", str(path), "--run-dir", str(trained[0])])
+            runner.run_cli(captioning.main, ["caption", str(path), "--run-dir", str(trained[0])])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and words in err and "\n" not in err
@@ -178,34 +178,38 @@ def test_missing_and_unreadable_images_fail_in_one_line(trained, tmp_path, capsy
 
 def test_evaluate_before_training_is_a_usage_error(tmp_path):
     with pytest.raises(DataError, match="run `train` first"):
-        cap.evaluate(tmp_path / "empty")
+        captioning.evaluate(tmp_path / "empty")
 
 
 def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
-        cap.parse_args(["--help"])
+        captioning.parse_args(["--help"])
     out = capsys.readouterr().out
     for command in ("train", "evaluate", "caption", "export"):
         assert command in out
 
 
 def test_keras_applications_encoder_loads_a_local_weights_file(tmp_path):
-    model = cap.build_model(20, backbone="MobileNetV2", backbone_weights=None)
+    model = captioning.build_model(20, backbone="MobileNetV2", backbone_weights=None)
     encoder = model.get_layer("encoder")
     assert not encoder.cnn.trainable
     regions, mask, state = encoder(np.zeros([2, 48, 48, 3], np.uint8))
-    assert regions.shape == (2, 4, cap.UNITS) and len(state) == 2  # 48 / 32 -> 2 x 2 grid
+    assert regions.shape == (2, 4, captioning.UNITS) and len(state) == 2  # 48 / 32 -> 2 x 2 grid
     full = keras.applications.MobileNetV2(include_top=False, weights=None,
                                           input_shape=(48, 48, 3))
     full_path = tmp_path / "full.weights.h5"
     full.save_weights(full_path)
-    loaded = cap.build_model(20, backbone="MobileNetV2", backbone_weights=str(full_path))
+    loaded = captioning.build_model(20, backbone="MobileNetV2", backbone_weights=str(full_path))
     np.testing.assert_array_equal(loaded.get_layer("encoder").cnn.weights[0].numpy(),
                                   full.weights[0].numpy())
+    # Checked with the options, before a run directory is touched.
     with pytest.raises(DataError, match="no such weights file"):
-        cap.train(backbone="MobileNetV2", backbone_weights=str(tmp_path / "missing.h5"))
-    with pytest.raises(DataError, match="not a keras.applications model"):
-        cap.build_model(20, backbone="NoSuchNet")
+        captioning.TrainConfig(backbone="MobileNetV2",
+                               backbone_weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(DataError, match="--encoder NoSuchNet: not a keras.applications model"):
+        captioning.TrainConfig(backbone="NoSuchNet")
+    with pytest.raises(ValueError, match="not a keras.applications model"):
+        captioning.build_model(20, backbone="NoSuchNet")
 
 
 def test_trains_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
@@ -215,8 +219,8 @@ def test_trains_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     strategy = runner.choose_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     run_dir = tmp_path / "mirrored"
-    cap.train(scenes=1500, epochs=3, units=64, strategy_name="mirrored", run_dir=run_dir,
-              verbose=0, evaluate_after=False)
+    captioning.train(captioning.TrainConfig(scenes=1500, epochs=3, units=64, strategy="mirrored",
+                                            run_dir=run_dir, verbose=0, evaluate_after=False))
     assert json.loads((run_dir / "run.json").read_text())["replicas"] == 2
     history = runner.read_history(run_dir)
     assert history["val_loss"][-1] <= 0.8 * history["val_loss"][0], history
@@ -238,26 +242,26 @@ class StepLosses(keras.callbacks.Callback):
                 for k, (m, previous) in enumerate(zip(self.means, [0.0, *self.means]))]
 
 
-@pytest.mark.parametrize("decoder", cap.DECODERS)
+@pytest.mark.parametrize("decoder", captioning.DECODERS)
 def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps(data, decoder):
     """Two replicas, each with half of the same global batch of 32: the same loss at each of
     the first 3 steps and the same weights after them as one device. It needs the batch
     normalisation statistics, the loss's token count and the gradient clipping of the whole
     global batch, not of each replica's half (per-replica statistics: losses 1e-4 apart,
     weights a fifth of the distance they moved)."""
-    index, captions = cap.caption_pairs(data.train, every_reference=False)
+    index, captions = captioning.caption_pairs(data.train, every_reference=False)
     index, captions = index[:96], captions[:96]
-    tokenizer = cap.build_tokenizer(captions)
-    ids = cap.caption_ids(tokenizer, captions, 12)
-    images = cp.image_array(data.train.images, cap.IMAGE_SIZE)
-    three = cap.batches(images, index, ids, 32, multiple_of=2)
+    tokenizer = captioning.build_tokenizer(captions)
+    ids = captioning.caption_ids(tokenizer, captions, 12)
+    images = caption_data.image_array(data.train.images, captioning.IMAGE_SIZE)
+    three = captioning.batches(images, index, ids, 32, multiple_of=2)
 
     def three_steps(strategy):
         keras.utils.set_random_seed(7)
         with strategy.scope():  # as `train` builds it, with the same rate on both sides
-            model = cap.build_model(tokenizer.size, decoder, embedding_dim=16, units=32,
-                                    filters=(8, 16, 16))
-            cap.compile_model(model, steps=3, learning_rate=1e-2)
+            model = captioning.build_model(tokenizer.size, decoder, embedding_dim=16, units=32,
+                                           filters=(8, 16, 16))
+            captioning.compile_model(model, steps=3, learning_rate=1e-2)
         initial = np.concatenate([w.numpy().ravel() for w in model.weights])
         steps = StepLosses()
         model.fit(three, verbose=0, callbacks=[steps])
@@ -293,9 +297,12 @@ def flickr_fixture(folder: Path, count: int = 30) -> list[str]:
 def test_trains_and_captions_from_a_flickr8k_folder(tmp_path):
     flickr_fixture(tmp_path / "flickr")
     run_dir = tmp_path / "run"
-    metrics = cap.train(data=str(tmp_path / "flickr"), epochs=1, batch_size=16, units=32,
-                        run_dir=run_dir, verbose=0)
+    metrics = captioning.train(captioning.TrainConfig(
+        data=str(tmp_path / "flickr"), epochs=1, batch_size=16, units=32, run_dir=run_dir,
+        verbose=0))
     run = json.loads((run_dir / "run.json").read_text())
+    # The run trained last is what evaluate, caption and export read without --run-dir.
+    assert captioning.find_run().path == run_dir.resolve()
     assert run["train_captions"] == 3 * run["train_images"]  # every reference is a target
     assert metrics["test_images"] == 3 and 0 <= metrics["bleu1"] <= 100
     assert "picture" in (run_dir / "vocab.txt").read_text().split()
@@ -305,8 +312,8 @@ def test_caption_file_with_missing_images_exits_2_naming_one(tmp_path, capsys):
     names = flickr_fixture(tmp_path / "flickr", count=12)
     (tmp_path / "flickr" / "Flicker8k_Dataset" / names[5]).unlink()
     with pytest.raises(SystemExit) as exit_info:
-        runner.run_cli(cap.main, ["train", "--data", str(tmp_path / "flickr"),
-                                  "--run-dir", str(tmp_path / "run")])
+        runner.run_cli(captioning.main, ["train", "--data", str(tmp_path / "flickr"),
+                                         "--run-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err

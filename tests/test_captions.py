@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pipelines import DataError, shape_scenes
-from pipelines import captions as cp
+from pipelines import captions as caption_data
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +81,18 @@ def flickr(tmp_path):
 
 def test_flickr8k_loader_reads_the_real_layout_and_split_files(flickr):
     folder, names = flickr
-    data = cp.load(str(folder))
+    data = caption_data.load(str(folder))
     assert (len(data.train), len(data.validation), len(data.test)) == (6, 2, 2)
     assert data.test.images[0].endswith(f"Flicker8k_Dataset/{names[8]}")
     assert data.test.references[0][0] == "A dog number 8 runs , version 0 ."
     assert len(data.test.references[0]) == 5
-    images = cp.image_array(data.test.images, 24)
+    images = caption_data.image_array(data.test.images, 24)
     assert images.shape == (2, 24, 24, 3) and images.dtype == np.uint8
     assert abs(int(images[0, 5, 5, 0]) - 160) <= 1  # decoded and resized in tf.data
     # The token file alone also works (fixed-seed split by image).
     for split in ("train", "dev", "test"):
         (folder / f"Flickr_8k.{split}Images.txt").unlink()
-    data = cp.load(str(folder / "Flickr8k.token.txt"))
+    data = caption_data.load(str(folder / "Flickr8k.token.txt"))
     assert len(data.train) + len(data.validation) + len(data.test) == 10
     assert not set(data.train.images) & set(data.test.images)
 
@@ -101,21 +101,21 @@ def test_flickr8k_missing_image_is_named(flickr):
     folder, names = flickr
     (folder / "Flicker8k_Dataset" / names[4]).unlink()
     with pytest.raises(DataError, match=f"1 of 10 images are missing.*{names[4]}"):
-        cp.load(str(folder))
+        caption_data.load(str(folder))
 
 
 def test_flickr8k_unreadable_image_is_named(flickr):
     folder, names = flickr
     (folder / "Flicker8k_Dataset" / names[2]).write_bytes(b"\xff\xd8\xff not a jpeg")
     with pytest.raises(DataError, match=f"{names[2]}: unreadable image"):
-        cp.load(str(folder))
+        caption_data.load(str(folder))
 
 
 def test_flickr8k_bad_token_line_is_named(flickr):
     folder, _ = flickr
     (folder / "Flickr8k.token.txt").write_text("just a caption without an image\n")
     with pytest.raises(DataError, match=r"Flickr8k.token.txt:1: expected"):
-        cp.load(str(folder))
+        caption_data.load(str(folder))
 
 
 def test_coco_captions_json(tmp_path):
@@ -129,20 +129,20 @@ def test_coco_captions_json(tmp_path):
     path.parent.mkdir()
     (tmp_path / "annotations" / "val2017").symlink_to(tmp_path / "val2017")
     path.write_text(json.dumps({"images": images, "annotations": annotations}))
-    data = cp.load(str(path))
+    data = caption_data.load(str(path))
     assert len(data.train) + len(data.validation) + len(data.test) == 12
     assert all(len(r) == 3 for r in data.train.references)
     annotations.append({"image_id": 99, "caption": "orphan"})
     path.write_text(json.dumps({"images": images, "annotations": annotations}))
     with pytest.raises(DataError, match="image id 99"):
-        cp.load(str(path))
+        caption_data.load(str(path))
     path.write_text("{not json")
     with pytest.raises(DataError, match="not a COCO captions JSON"):
-        cp.load(str(path))
+        caption_data.load(str(path))
 
 
 def test_neither_layout_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="neither a Flickr8k folder"):
-        cp.load(str(tmp_path / "nothing.txt"))
+        caption_data.load(str(tmp_path / "nothing.txt"))
     with pytest.raises(DataError, match="no Flickr8k.token.txt"):
-        cp.load(str(tmp_path))
+        caption_data.load(str(tmp_path))

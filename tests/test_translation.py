@@ -15,8 +15,9 @@ import tensorflow as tf
 from apps import runner
 from apps import translation as tr
 from layers.attention import AttentionDecoder
-from pipelines import DataError
-from pipelines import text_pairs as tp
+from models import seq2seq
+from models.sequence_training import MaskedCrossEntropy, in_float32
+from pipelines import DataError, text_pairs
 from serving.litert_seq2seq import Seq2SeqLiteRT
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ SENTENCES = ["ninety-seven", "Wednesday, May 9, 2018", "seventy-one",
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("translation") / "en-fr"
-    metrics = tr.train(**SMALL, run_dir=run_dir, verbose=0)
+    metrics = tr.train(tr.TrainConfig(**SMALL, run_dir=run_dir, verbose=0))
     return run_dir, metrics
 
 
@@ -63,8 +64,8 @@ def test_small_model_reaches_high_bleu_where_an_untrained_copy_scores_near_zero(
     assert metrics["exact_match"] >= 0.6  # whole translations right, not only n-grams
 
     run = json.loads((run_dir / "run.json").read_text())
-    untrained = tr.Translator(
-        tr.build_model(translator.source.size, translator.target.size, **run["model"]),
+    untrained = seq2seq.Translator(
+        tr.model_of_run(run, translator.source.size, translator.target.size),
         translator.source, translator.target, translator.max_output_length)
     test = corpus.test[:TEST_SENTENCES]
     hypotheses = untrained.translate([s for s, _ in test])
@@ -84,10 +85,26 @@ def test_run_directory_has_what_a_user_looks_at(trained):
     assert len(history["epoch"]) == SMALL["epochs"]
     assert history["loss"][-1] < history["loss"][0] / 5
     assert history["val_masked_accuracy"][-1] >= 0.9
-    target_vocab = tp.read_vocabulary(run_dir / "target_vocab.txt")
-    assert target_vocab[:2] == [tp.START_TOKEN, tp.END_TOKEN]
+    target_vocab = text_pairs.read_vocabulary(run_dir / "target_vocab.txt")
+    assert target_vocab[:2] == [text_pairs.START_TOKEN, text_pairs.END_TOKEN]
     assert "quatre" in target_vocab and "mai" in target_vocab
     assert not (run_dir / "backup").exists()
+    run = json.loads((run_dir / "run.json").read_text())  # the TrainConfig, flat, and the facts
+    assert run["size"] == SMALL["size"] and run["max_tokens"] == [20_000, 20_000]
+    assert run["splits"] == ["word", "word"] and run["max_output_length"] > 10
+    assert tr.find_run().path == run_dir.resolve()  # runs/translation/LAST: the last trained
+
+
+def test_config_checks_choices_and_reads_one_or_two_vocabulary_sizes():
+    assert tr.TrainConfig(max_tokens=[500]).max_tokens == (500, 500)
+    assert tr.TrainConfig(max_tokens=[500, 300]).max_tokens == (500, 300)
+    assert tr.TrainConfig(max_tokens=700).max_tokens == (700, 700)
+    with pytest.raises(runner.UsageError, match="--max-tokens"):
+        tr.TrainConfig(max_tokens=[1, 2, 3])
+    with pytest.raises(runner.UsageError, match="--cell rnn"):
+        tr.TrainConfig(cell="rnn")
+    with pytest.raises(runner.UsageError, match="--attention dot"):
+        tr.TrainConfig(attention="dot")
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -102,7 +119,7 @@ def test_beam_search_never_scores_lower_than_greedy(translator, corpus):
     for i in range(3):
         tokens = beam["tokens"][i][: beam["lengths"][i]]
         source = translator.source_ids(tf.constant([sentences[i]]))
-        target_in = tf.constant([[tp.START, *tokens[:-1]]])
+        target_in = tf.constant([[text_pairs.START, *tokens[:-1]]])
         log_probs = tf.nn.log_softmax(translator.model((source, target_in)))[0].numpy()
         assert log_probs[np.arange(len(tokens)), tokens].sum() == pytest.approx(
             beam["log_probs"][i], abs=1e-3)
@@ -133,12 +150,13 @@ def test_decoder_steps_match_teacher_forcing_for_lstm_bahdanau():
 
 
 def test_two_layer_lstm_bahdanau_variant_trains(corpus):
-    source, target = tp.build_tokenizers(corpus.train[:300], (500, 500), ("word", "word"), False)
-    ids = tp.encode_pairs(corpus.train[:300], source, target, 40)
-    model = tr.build_model(source.size, target.size, 16, 16, num_layers=2, cell="lstm",
+    source, target = text_pairs.build_tokenizers(corpus.train[:300], (500, 500),
+                                                 ("word", "word"), False)
+    ids = text_pairs.encode_pairs(corpus.train[:300], source, target, 40)
+    model = seq2seq.build_model(source.size, target.size, 16, 16, num_layers=2, cell="lstm",
                            attention="bahdanau", dropout=0.1)
-    tr.compile_model(model, steps=40, label_smoothing=0.1, learning_rate=1e-2)
-    one_batch = tp.batches(*ids, 32).take(1).cache()
+    seq2seq.compile_model(model, steps=40, label_smoothing=0.1, learning_rate=1e-2)
+    one_batch = text_pairs.batches(*ids, 32).take(1).cache()
     history = model.fit(one_batch, epochs=4, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert len([layer for layer in model.get_layer("encoder").rnns]) == 2
@@ -165,16 +183,16 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps():
     different numbers of real tokens and the gradients are big enough to be clipped, so this
     needs the loss over the whole batch's tokens and the clipping of the summed gradient."""
     corpus = tr.load_corpus(size=1200)
-    source, target = tp.build_tokenizers(corpus.train, (300, 300), corpus.splits, False)
-    ids = tp.encode_pairs(corpus.train, source, target, 40)
-    three = tp.batches(*ids, 32, multiple_of=2).take(3)
+    source, target = text_pairs.build_tokenizers(corpus.train, (300, 300), corpus.splits, False)
+    ids = text_pairs.encode_pairs(corpus.train, source, target, 40)
+    three = text_pairs.batches(*ids, 32, multiple_of=2).take(3)
     assert [int(s.shape[0]) for (s, _), _ in three] == [32, 32, 32]
 
     def three_steps(strategy):
         keras.utils.set_random_seed(7)
         with strategy.scope():  # as `train` builds it, with the same rate on both sides
-            model = tr.build_model(source.size, target.size, 16, 16)
-            tr.compile_model(model, steps=3, learning_rate=1e-2)
+            model = seq2seq.build_model(source.size, target.size, 16, 16)
+            seq2seq.compile_model(model, steps=3, learning_rate=1e-2)
         steps = StepLosses()
         model.fit(three, verbose=0, callbacks=[steps])
         return steps.losses, [w.numpy() for w in model.weights]
@@ -195,24 +213,27 @@ def test_mixed_precision_trains_with_masked_attention_and_decodes_in_float32(tmp
     float32 as the beam search, the export and the phones need."""
     rng = np.random.default_rng(0)
     sources = [rng.integers(4, 30, size=n).astype("int32") for n in rng.integers(2, 9, 64)]
-    targets = [np.concatenate([[tp.START], rng.integers(4, 30, size=n), [tp.END]]).astype("int32")
+    targets = [np.concatenate([[text_pairs.START], rng.integers(4, 30, size=n),
+                               [text_pairs.END]]).astype("int32")
                for n in rng.integers(2, 9, 64)]
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = tr.build_model(30, 30, 8, 8)
-        tr.compile_model(model, steps=4, learning_rate=1e-2)
-        losses = model.fit(tp.batches(sources, targets, 32), epochs=2, verbose=0).history["loss"]
+        model = seq2seq.build_model(30, 30, 8, 8)
+        seq2seq.compile_model(model, steps=4, learning_rate=1e-2)
+        losses = model.fit(text_pairs.batches(sources, targets, 32), epochs=2,
+                           verbose=0).history["loss"]
         assert np.all(np.isfinite(losses)) and losses[1] < losses[0]
         model.save(tmp_path / "best.keras")
-        loaded = tr.in_float32(keras.saving.load_model(tmp_path / "best.keras", compile=False))
+        loaded = in_float32(keras.saving.load_model(tmp_path / "best.keras", compile=False))
     finally:
         keras.config.set_dtype_policy(policy)
     assert model.get_layer("decoder").embedding.compute_dtype == "float16"
     assert {layer.compute_dtype for layer in loaded._flatten_layers()} == {"float32"}
-    vocabulary = [tp.START_TOKEN, tp.END_TOKEN, *[f"w{i}" for i in range(26)]]  # + pad, UNK
-    tokenizer = tp.Tokenizer(vocabulary, "word", False)
-    translator = tr.Translator(loaded, tokenizer, tokenizer, 12)
+    # + pad and UNK: 28 ids
+    vocabulary = [text_pairs.START_TOKEN, text_pairs.END_TOKEN, *[f"w{i}" for i in range(26)]]
+    tokenizer = text_pairs.Tokenizer(vocabulary, "word", False)
+    translator = seq2seq.Translator(loaded, tokenizer, tokenizer, 12)
     found = translator.search(tf.constant([[5, 6, 7, 0]], tf.int32), beam_width=2)
     assert found["scores"].dtype == tf.float32 and np.isfinite(found["scores"].numpy()).all()
 
@@ -220,13 +241,13 @@ def test_mixed_precision_trains_with_masked_attention_and_decodes_in_float32(tmp
 def test_masked_loss_ignores_padding_and_smooths_labels():
     logits = tf.random.stateless_normal([2, 3, 5], seed=[0, 1])
     labels = tf.constant([[1, 2, 0], [3, 0, 0]])
-    loss = tr.MaskedCrossEntropy()(labels, logits)
+    loss = MaskedCrossEntropy()(labels, logits)
     nll = -tf.nn.log_softmax(logits).numpy()
     expected = (nll[0, 0, 1] + nll[0, 1, 2] + nll[1, 0, 3]) / 3
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     changed = tf.tensor_scatter_nd_update(logits, [[0, 2, 0], [1, 1, 4]], [50.0, -50.0])
-    assert float(tr.MaskedCrossEntropy()(labels, changed)) == pytest.approx(expected, rel=1e-5)
-    assert float(tr.MaskedCrossEntropy(0.1)(labels, logits)) != pytest.approx(expected)
+    assert float(MaskedCrossEntropy()(labels, changed)) == pytest.approx(expected, rel=1e-5)
+    assert float(MaskedCrossEntropy(0.1)(labels, logits)) != pytest.approx(expected)
 
 
 # --- serving -------------------------------------------------------------------------------------
@@ -295,7 +316,7 @@ def test_python_standardisation_matches_the_graph(exported):
     lite = Seq2SeqLiteRT(version_dir / "assets.extra" / "translation_float32.tflite")
     texts = ["¿Qué tal?  Très\u00a0bien, merci!", "Mittwoch, 9. Mai 2018", "(l'homme) «x» - y",
              "tab\there", "  ninety-seven  "]
-    graph = [t.decode() for t in tp.standardize(tf.constant(texts)).numpy()]
+    graph = [t.decode() for t in text_pairs.standardize(tf.constant(texts)).numpy()]
     assert [lite.standardize(t) for t in texts] == graph
     assert graph[0] == "¿ Qué tal ? Très bien , merci !"
     ids = lite.source_ids("ninety-seven")  # ninety - seven

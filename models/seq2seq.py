@@ -1,0 +1,234 @@
+"""Neural machine translation: an encoder-decoder with attention, trained by teacher forcing and
+decoded by beam search.
+
+The encoder reads the source sentence (Sutskever, Vinyals & Le, 2014, arXiv:1409.3215; Cho et
+al., 2014, arXiv:1406.1078): token embeddings go through a stack of bidirectional GRUs or LSTMs,
+so each position's vector sees the whole sentence from both sides. Their final states, joined
+and passed through a dense layer, start the decoder (the "thought vector"); the per-position
+vectors are the memory the decoder attends to at every step (`layers.attention`, Bahdanau et
+al., 2015; Luong et al., 2015):
+
+    source ids [batch, S] -> embedding [batch, S, E] -> n x BiRNN -> memory [batch, S, 2U]
+                                                                  -> final states -> dense -> s0
+    target ids [batch, T] (shifted right, [start] first) -> AttentionDecoder(memory, s0)
+                                                          -> logits [batch, T, vocab]
+
+Training is teacher forcing with a cross-entropy that ignores padding (and optional label
+smoothing, Szegedy et al., 2016; `models.sequence_training`). Translating is a beam search
+(`layers.beam_search`) compiled with the model into one graph: `Translator` is the trained model
+as the search's step function, with the tokenizers that turn strings into ids and back.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+from tqdm import tqdm
+
+from layers.attention import ATTENTIONS, CELLS, AttentionDecoder
+from layers.beam_search import EncoderDecoderSearch
+from models.sequence_training import MaskedAccuracy, MaskedCrossEntropy, warmup_cosine_adam
+from pipelines import text_pairs
+
+EMBEDDING_DIM = 64
+UNITS = 128  # per encoder direction; the decoder has twice as many (the memory's width)
+NUM_LAYERS = 1
+CELL = "gru"
+ATTENTION = "luong"
+DROPOUT = 0.0
+LABEL_SMOOTHING = 0.0
+LEARNING_RATE = 3e-3  # Adam, with a short warm-up and a cosine decay to zero
+WARMUP_SHARE = 0.05
+CLIP_NORM = 1.0  # RNN gradients can spike; clipping keeps one bad batch from wrecking the run
+BEAM_WIDTH = 4
+ALPHA = 0.6  # GNMT's length penalty exponent
+OUTPUT_MARGIN = 10  # tokens a translation may run past the longest training target
+DECODE_BATCH = 128  # sentences translated together
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoder and the training model
+# ---------------------------------------------------------------------------------------------
+
+
+# Registered under the package it had in apps/translation.py: saved checkpoints name it.
+@keras.saving.register_keras_serializable(package="translation")
+class Encoder(keras.layers.Layer):
+    """Embedding -> stacked bidirectional RNN. Returns the memory [batch, S, 2 * units], its mask
+    [batch, S] (1 for tokens, 0 for padding) and the decoder's initial state (a list)."""
+
+    def __init__(self, vocab_size, embedding_dim=EMBEDDING_DIM, units=UNITS, num_layers=1,
+                 cell=CELL, dropout=0.0, decoder_units=None, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
+        self.num_layers, self.cell_type, self.dropout_rate = num_layers, cell, dropout
+        self.decoder_units = decoder_units or 2 * units
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        rnn = keras.layers.GRU if cell == "gru" else keras.layers.LSTM
+        self.rnns = [
+            keras.layers.Bidirectional(rnn(units, return_sequences=True, return_state=True),
+                                       name=f"bi{cell}_{i}")
+            for i in range(num_layers)
+        ]
+        self.dropout = keras.layers.Dropout(dropout)
+        states = 1 if cell == "gru" else 2  # h, or h and c
+        self.bridges = [keras.layers.Dense(self.decoder_units, activation="tanh",
+                                           name=f"bridge_{i}")
+                        for i in range(states)]
+
+    def call(self, source, training=None):
+        mask = ops.not_equal(source, text_pairs.PAD)
+        x = self.dropout(self.embedding(source), training=training)
+        for rnn in self.rnns:
+            outputs = rnn(x, mask=mask, training=training)
+            x = self.dropout(outputs[0], training=training)
+        final = outputs[1:]  # forward states, then backward states
+        half = len(final) // 2
+        initial_state = [bridge(ops.concatenate([final[i], final[half + i]], axis=-1))
+                         for i, bridge in enumerate(self.bridges)]
+        return x, ops.cast(mask, "float32"), initial_state
+
+    def build(self, input_shape=None):
+        # The sub-layers build on the first call, which a functional model makes when it is
+        # created or loaded; nothing to create before that.
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size,
+                "embedding_dim": self.embedding_dim, "units": self.units,
+                "num_layers": self.num_layers, "cell": self.cell_type,
+                "dropout": self.dropout_rate, "decoder_units": self.decoder_units}
+
+
+def build_model(source_vocab: int, target_vocab: int, embedding_dim: int = EMBEDDING_DIM,
+                units: int = UNITS, num_layers: int = NUM_LAYERS, cell: str = CELL,
+                attention: str = ATTENTION, dropout: float = DROPOUT) -> keras.Model:
+    """The training model: (source [batch, S], target_in [batch, T]) -> logits [batch, T, V].
+    The decoder is twice as wide as one encoder direction, the width of the memory."""
+    if cell not in CELLS:
+        raise ValueError(f"cell {cell!r}: choose from {', '.join(CELLS)}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention {attention!r}: choose from {', '.join(ATTENTIONS)}")
+    source = keras.Input((None,), dtype="int32", name="source")
+    target_in = keras.Input((None,), dtype="int32", name="target_in")
+    encoder = Encoder(source_vocab, embedding_dim, units, num_layers, cell, dropout,
+                      name="encoder")
+    decoder = AttentionDecoder(target_vocab, embedding_dim, 2 * units, cell, attention, dropout,
+                               name="decoder")
+    memory, memory_mask, initial_state = encoder(source)
+    logits = decoder(target_in, memory, memory_mask, initial_state)
+    return keras.Model([source, target_in], logits, name=f"{cell}_{attention}_translator")
+
+
+def compile_model(model: keras.Model, steps: int, label_smoothing: float = LABEL_SMOOTHING,
+                  learning_rate: float = LEARNING_RATE) -> keras.Model:
+    """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate
+    for the global batch (the app scales the per-replica rate with the replicas)."""
+    model.compile(
+        optimizer=warmup_cosine_adam(steps, learning_rate, WARMUP_SHARE, CLIP_NORM),
+        loss=MaskedCrossEntropy(label_smoothing),
+        metrics=[MaskedAccuracy()],
+        jit_compile=False,  # every bucket has its own shapes: XLA would recompile for each
+    )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: the model as a step function for the beam search
+# ---------------------------------------------------------------------------------------------
+
+
+class Translator(EncoderDecoderSearch):
+    """A trained model with its tokenizers: strings in, strings out, by compiled beam search."""
+
+    def __init__(self, model: keras.Model, source: text_pairs.Tokenizer,
+                 target: text_pairs.Tokenizer, max_output_length: int):
+        # The decoder never predicts padding, an unknown word or a second [start].
+        super().__init__(model.get_layer("encoder"), model.get_layer("decoder"), target.size,
+                         forbidden_ids=(text_pairs.PAD, text_pairs.UNK, text_pairs.START),
+                         start_id=text_pairs.START, end_id=text_pairs.END)
+        self.model, self.source, self.target = model, source, target
+        self.max_output_length = int(max_output_length)
+        self._compiled: dict = {}
+
+    def search(self, source_ids, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
+        """source ids [batch, S] -> beam_search's dict (tokens [batch, beam, L], scores, ...)."""
+        return self.decode(source_ids, self.output_limit(source_ids), beam_width, alpha)
+
+    def compiled_search(self, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
+        """`search` as one graph (tf.function), one per beam width and alpha."""
+        key = (int(beam_width), float(alpha))
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(
+                lambda ids: self.search(ids, *key),
+                input_signature=[tf.TensorSpec([None, None], tf.int32)],
+            )
+        return self._compiled[key]
+
+    def output_limit(self, source_ids) -> tf.Tensor:
+        # A translation rarely needs more than twice the source's tokens plus a few.
+        return tf.minimum(2 * tf.shape(source_ids)[1] + OUTPUT_MARGIN, self.max_output_length)
+
+    def eager_greedy(self, source_ids) -> np.ndarray:
+        """Greedy decoding the way the TensorFlow NMT tutorial does it: a Python loop calling
+        the model once per token, eagerly. Same tokens as `search` with beam width 1 (and the
+        baseline of bench/translation.py). -> [batch, length], 0 after the end token."""
+        memory, keys, mask, state = self.encode(source_ids)
+        tokens = tf.fill([tf.shape(source_ids)[0]], text_pairs.START)
+        done = tf.zeros_like(tokens, dtype=tf.bool)
+        output = []
+        for _ in range(int(self.output_limit(source_ids))):
+            log_probs, state, _ = self.decode_step(tokens, state, memory, keys, mask)
+            tokens = tf.where(done, text_pairs.PAD,
+                              tf.argmax(log_probs, axis=-1, output_type=tf.int32))
+            output.append(tokens.numpy())
+            done = done | tf.equal(tokens, text_pairs.END)
+            if bool(tf.reduce_all(done)):
+                break
+        return np.stack(output, axis=1)
+
+    def source_ids(self, sentences: tf.Tensor) -> tf.Tensor:
+        """string [batch] -> padded ids [batch, S]; one padding column more keeps S >= 1."""
+        ids = self.source.ids(sentences).to_tensor()
+        return tf.pad(ids, [[0, 0], [0, 1]])
+
+    def translate_tensor(self, sentences: tf.Tensor, beam_width=BEAM_WIDTH, alpha=ALPHA):
+        """string [batch] -> {"translation": string [batch], "score": float [batch]}."""
+        ids = self.source_ids(sentences)
+        found = self.search(ids, beam_width, alpha)
+        return {"translation": self._texts(ids, found), "score": found["scores"][:, 0]}
+
+    def _texts(self, source_ids, found):
+        """The best hypotheses as text; a sentence without a single token translates to ""."""
+        empty = tf.reduce_all(tf.equal(source_ids, text_pairs.PAD), axis=1)
+        return tf.where(empty, "", self.target.text(found["tokens"][:, 0]))
+
+    def translate(self, sentences: list[str], beam_width: int = BEAM_WIDTH, alpha: float = ALPHA,
+                  batch_size: int = DECODE_BATCH, progress: bool = False) -> list[str]:
+        """Sentences in, translations out, in batches of similar length (less padding)."""
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        search = self.compiled_search(beam_width, alpha)
+        out = [""] * len(sentences)
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="translating", disable=not progress, leave=False):
+            chunk = order[start : start + batch_size]
+            ids = self.source_ids(tf.constant([sentences[i] for i in chunk]))
+            texts = self._texts(ids, search(ids)).numpy()
+            for i, text in zip(chunk, texts):
+                out[i] = text.decode("utf-8")
+        return out
+
+    def best_ids(self, sentences: list[str], beam_width=BEAM_WIDTH, alpha=ALPHA) -> dict:
+        """Token ids and scores of the best hypothesis per sentence (numpy)."""
+        found = self.compiled_search(beam_width, alpha)(self.source_ids(tf.constant(sentences)))
+        return {"tokens": found["tokens"][:, 0].numpy(), "lengths": found["lengths"][:, 0].numpy(),
+                "scores": found["scores"][:, 0].numpy(),
+                "log_probs": found["log_probs"][:, 0].numpy()}
+
+    def attention(self, sentence: str, output_ids: np.ndarray) -> np.ndarray:
+        """Attention weights [output tokens, source tokens] while writing `output_ids`."""
+        source_ids = self.source.ids(tf.constant([sentence])).to_tensor()
+        memory, _, mask, state = self.encode(source_ids)
+        target_in = tf.constant([[text_pairs.START, *output_ids[:-1]]], tf.int32)
+        _, weights = self.decoder(target_in, memory, mask, state, return_attention=True)
+        return weights.numpy()[0]
