@@ -333,6 +333,9 @@ class TrainingConfig:
     backup_every: int | None = None
     run_dir: Path | None = None
     verbose: int | str = "auto"
+    # False for a run made on the side (the GAN's judging LeNet-5): it does not become the
+    # app's last run, which the user's evaluate / predict / export read.
+    mark_last: bool = True
 
 
 def config_from_args(config_class, args: argparse.Namespace, **overrides):
@@ -450,7 +453,8 @@ class TrainingRun:
     def finish(self, metrics: dict) -> dict:
         """metrics.json; on the chief, this run becomes the app's last run."""
         self.dir.write_metrics(metrics)
-        if is_chief(self.strategy):  # another worker's run directory is scratch
+        # another worker's run directory is scratch
+        if self.config.mark_last and is_chief(self.strategy):
             self.dir.mark_last(self.app)
         return metrics
 
@@ -460,8 +464,9 @@ class TrainingRun:
 # ---------------------------------------------------------------------------------------------
 
 
-def add_training_options(parser: argparse.ArgumentParser, epochs: int | None, batch_size: int,
-                         epochs_help: str = "default: %(default)s") -> None:
+def add_training_options(parser: argparse.ArgumentParser, epochs: int | None,
+                         batch_size: int | None, epochs_help: str = "default: %(default)s",
+                         batch_help: str = "default: %(default)s") -> None:
     """--epochs, --batch-size and how to run: strategy, devices, precision, XLA, backups."""
     parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     parser.add_argument(
@@ -469,7 +474,7 @@ def add_training_options(parser: argparse.ArgumentParser, epochs: int | None, ba
         type=int,
         default=batch_size,
         help="per replica; the global batch is this times the number of replicas"
-        " (default: %(default)s)",
+        f" ({batch_help})",
     )
     parser.add_argument(
         "--strategy",

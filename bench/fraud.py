@@ -21,13 +21,13 @@ import argparse
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 
 from apps import fraud, runner
 from bench import SHARED_DATA, save_results
+from models import anomaly
 from pipelines import tabular
 
 CREDITCARD = SHARED_DATA / "creditcard-fraud-sample" / "creditcard_sample.csv"
@@ -73,7 +73,7 @@ def standardized(splits: tabular.Splits) -> tuple[np.ndarray, np.ndarray, np.nda
     """The scaling the detectors apply inside, done in numpy for the peers."""
     schema = splits.train.schema
     mask = np.array([name in schema.log_features for name in schema.features])
-    mean, variance = fraud.scaling_statistics(splits.train.features, mask.tolist())
+    mean, variance = anomaly.scaling_statistics(splits.train.features, mask.tolist())
 
     def scale(x):
         x = np.where(mask, np.log1p(np.maximum(x, 0)), x)
@@ -101,18 +101,22 @@ def peer_scores(splits: tabular.Splits, seed: int) -> dict[str, tuple[np.ndarray
 def model_scores(model_name: str, splits: tabular.Splits, epochs: int, seed: int,
                  workdir: Path) -> tuple[np.ndarray, np.ndarray, float]:
     """Trains one detector the way `apps.fraud train` does; (validation, test scores, CPU s)."""
-    keras.utils.set_random_seed(seed)
-    run_dir = workdir / f"{model_name}-{seed}"
-    runner.start_run(run_dir)
+    config = fraud.TrainConfig(
+        model=model_name, epochs=epochs, seed=seed, verbose=0,
+        batch_size=fraud.auto_batch_size(len(splits.train), model_name),
+        run_dir=workdir / f"{model_name}-{seed}")
+    run = runner.TrainingRun(fraud.APP, config, config.run_dir)  # seeded as `train` seeds
+    run.start()
     started = time.process_time()
-    detector = fraud.build_for(model_name, splits.train.schema, splits.train.features, seed)
-    batch_size = fraud.auto_batch_size(len(splits.train), model_name)
-    fraud.fit_detector(detector, model_name, splits, run_dir, epochs, batch_size, seed,
-                       resumed=False, verbose=0)
+    schema = splits.train.schema
+    with run.strategy.scope():
+        detector = anomaly.build_detector(model_name, schema.features, schema.log_features,
+                                          splits.train.features, seed)
+        fraud.fit_detector(run, detector, splits)
     cpu = time.process_time() - started
-    best = fraud.load_detector(run_dir)
-    validation = fraud.score(best, splits.validation.features)
-    return validation, fraud.score(best, splits.test.features), cpu
+    best = fraud.load_detector(run.path)
+    validation = anomaly.score(best, splits.validation.features)
+    return validation, anomaly.score(best, splits.test.features), cpu
 
 
 def run_dataset(name, table, make_splits, seeds, epochs, workdir, threshold_metrics):
@@ -130,8 +134,8 @@ def run_dataset(name, table, make_splits, seeds, epochs, workdir, threshold_metr
             row.setdefault("pr_auc", []).append(average_precision_score(labels, test))
             row.setdefault("cpu_seconds", []).append(cpu)
             if threshold_metrics:
-                threshold, _ = fraud.choose_threshold(validation, splits.validation.labels)
-                at = fraud.detection_figures(labels, test, threshold)
+                threshold, _ = anomaly.choose_threshold(validation, splits.validation.labels)
+                at = anomaly.detection_figures(labels, test, threshold)
                 for key in ("accuracy", "precision", "recall", "f1"):
                     row.setdefault(key, []).append(at[key])
         print(f"{name}: seed {seed} done")

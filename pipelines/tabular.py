@@ -26,7 +26,9 @@ stratified random split with the same shares and a fixed seed.
 
 import csv
 import math
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -266,6 +268,43 @@ def _raise_bad_cell(path, header, cells, first_line, columns) -> None:
                 raise DataError(f"{where}: NaN (a missing value) where a number is needed")
             if math.isinf(value):
                 raise DataError(f"{where}: {cell.strip()} is not a finite number")
+
+
+def write_scored_csv(path: Path, output: Path, schema: Schema,
+                     score: Callable[[np.ndarray], np.ndarray], threshold: float,
+                     chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> tuple[int, int]:
+    """Writes `path`'s rows back with `score` and `is_anomaly` (score > threshold) columns,
+    chunk by chunk (`score(features)` -> scores), to a temporary file renamed to `output` at
+    the end: a bad row leaves no output behind. Returns (rows, rows flagged)."""
+    from tqdm import tqdm
+
+    header = read_header(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial",
+                                         dir=output.parent)
+    rows = flagged = 0
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow([*header, "score", "is_anomaly"])
+            # A bar on a terminal only (disable=None), so an error stays the last line.
+            with tqdm(unit=" rows", desc=f"scoring {path.name}",
+                      disable=None if progress else True) as bar:
+                for chunk in read_csv_chunks(path, schema, chunk_rows):
+                    scores = score(chunk.features)
+                    flags = scores > threshold
+                    writer.writerows([*row, f"{s:.6g}", int(f)]
+                                     for row, s, f in zip(chunk.rows, scores, flags))
+                    rows += len(scores)
+                    flagged += int(flags.sum())
+                    bar.update(len(scores))
+        if rows == 0:
+            raise DataError(f"{path}, line 2: no data rows after the header")
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return rows, flagged
 
 
 def read_ucr(path: Path, normal_classes: tuple[int, ...] = (1,)) -> Table:

@@ -101,7 +101,8 @@ class TFLiteFiles:
     """An export's `.tflite` variants, and how each one is checked."""
 
     stem: str  # files are assets.extra/<stem>_<variant>.tflite
-    signatures: str | Sequence[str]
+    # The signature(s) each file holds; a dict gives each variant its own.
+    signatures: str | Sequence[str] | dict[str, str]
     variants: Sequence[str] = TFLITE_VARIANTS
     # The file run in the LiteRT interpreter against Keras on held-out inputs -> its figures.
     check: Callable[[Path], dict] | None = None
@@ -142,7 +143,9 @@ def write_version(model_base: Path, archive, *, assets: dict | None = None,
                     source = Path(lite_dir)
                 for variant in tqdm(tflite.variants, desc="TFLite", disable=not progress):
                     inputs = tflite.representative_inputs() if variant == "int8" else None
-                    content = convert_to_tflite(source, tflite.signatures, variant, inputs)
+                    signatures = (tflite.signatures[variant]
+                                  if isinstance(tflite.signatures, dict) else tflite.signatures)
+                    content = convert_to_tflite(source, signatures, variant, inputs)
                     path = extra / f"{tflite.stem}_{variant}.tflite"
                     path.write_bytes(content)
                     report[variant] = {"file": path.name, "bytes": len(content),

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from layers.beam_search import beam_search, length_penalty
 
+pytestmark = pytest.mark.fast  # the edit-test tier: make test-fast
+
 VOCAB = 4  # tokens 0..3; 3 is the end token
 END = 3
 START = 0

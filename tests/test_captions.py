@@ -10,6 +10,8 @@ from PIL import Image
 from pipelines import DataError, shape_scenes
 from pipelines import captions as caption_data
 
+pytestmark = pytest.mark.fast  # the edit-test tier: make test-fast
+
 
 @pytest.fixture(scope="module")
 def scenes():

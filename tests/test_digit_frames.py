@@ -1,8 +1,11 @@
 """Digit pictures to MNIST frames without TensorFlow, and its agreement with the graph version."""
 
 import numpy as np
+import pytest
 
 from pipelines import digit_frames, images
+
+pytestmark = pytest.mark.fast  # the edit-test tier: make test-fast
 
 
 def test_segmentation_merges_broken_strokes_and_drops_specks():

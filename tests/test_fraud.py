@@ -3,6 +3,7 @@ SavedModel and .tflite files flag what Keras flags, predict streams CSV files, b
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from mirroring import assert_same_adam_weights
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from apps import fraud, runner
+from models import anomaly
 from pipelines import tabular, transactions
+from serving import litert_fraud
 from serving.litert import LiteRTModel
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -33,8 +36,8 @@ def runs(tmp_path_factory):
     """Each model trained briefly on the synthetic transactions: {model: run directory}."""
     root = tmp_path_factory.mktemp("fraud_runs")
     for model_name in fraud.MODELS:
-        fraud.train(model_name=model_name, epochs=TEST_EPOCHS[model_name],
-                    run_dir=root / model_name, verbose=0)
+        fraud.train(fraud.TrainConfig(model=model_name, epochs=TEST_EPOCHS[model_name],
+                                      run_dir=root / model_name, verbose=0))
     return {m: root / m for m in fraud.MODELS}
 
 
@@ -52,17 +55,18 @@ def test_each_model_finds_held_out_frauds_far_above_chance_and_untrained(
         model_name, runs, splits):
     trained, run = fraud.load_run(runs[model_name])
     keras.utils.set_random_seed(7)  # the untrained copy's initial weights
-    untrained = fraud.build_for(model_name, splits.train.schema,
-                                splits.train.normals().features, seed=7)
+    schema = splits.train.schema
+    untrained = anomaly.build_detector(model_name, schema.features, schema.log_features,
+                                       splits.train.normals().features, seed=7)
     test = splits.test
     rate = test.labels.mean()
-    trained_ap = average_precision_score(test.labels, fraud.score(trained, test.features))
-    untrained_ap = average_precision_score(test.labels, fraud.score(untrained, test.features))
+    trained_ap = average_precision_score(test.labels, anomaly.score(trained, test.features))
+    untrained_ap = average_precision_score(test.labels, anomaly.score(untrained, test.features))
     # Chance PR-AUC is the fraud rate (about 1%). The same architecture with its initial
     # weights (scaling included) must be clearly worse.
     assert trained_ap >= 0.5 and trained_ap >= 25 * rate, (trained_ap, rate)
     assert trained_ap >= untrained_ap + 0.03, (trained_ap, untrained_ap)
-    assert roc_auc_score(test.labels, fraud.score(trained, test.features)) >= 0.95
+    assert roc_auc_score(test.labels, anomaly.score(trained, test.features)) >= 0.95
     metrics = json.loads((runs[model_name] / "metrics.json").read_text())
     assert metrics["pr_auc"] == pytest.approx(trained_ap, rel=1e-4)
     assert metrics["f1"] >= 0.4 and metrics["rows"] == len(test)
@@ -79,27 +83,77 @@ def test_run_directory_has_what_a_user_looks_at(runs):
         assert not (run_dir / "backup").exists()
     history = runner.read_history(runs["autoencoder"])
     assert history["loss"][-1] < history["loss"][0]
-    assert (runs["rbm"].parent / "last").read_text().strip() == str(runs["rbm"].resolve())
+    # The run trained last (by the `runs` fixture): what evaluate, predict and export read.
+    assert runner.last_run_file("fraud").read_text().strip() == str(runs["rbm"].resolve())
 
 
 def test_threshold_is_the_best_f1_on_validation_or_a_normal_quantile():
+    from sklearn.metrics import f1_score
+
     rng = np.random.default_rng(0)
     normal, anomalous = rng.normal(0, 1, 1_000), rng.normal(4, 1, 20)
     scores = np.concatenate([normal, anomalous])
     labels = np.r_[np.zeros(1_000, int), np.ones(20, int)]
-    threshold, rule = fraud.choose_threshold(scores, labels)
+    threshold, rule = anomaly.choose_threshold(scores, labels)
     assert "F1" in rule
-    best_f1 = fraud.detection_figures(labels, scores, threshold)["f1"]
-    for other in np.linspace(1, 5, 41):
-        assert fraud.detection_figures(labels, scores, other)["f1"] <= best_f1 + 1e-12
-    threshold, rule = fraud.choose_threshold(normal, None)
+
+    def f1_at(cut):  # judged by scikit-learn, flags as served: score > threshold
+        return f1_score(labels, scores > cut)
+
+    # Every distinct set of flags: a cut below the lowest score and one between each pair of
+    # neighbouring scores. None has a higher F1 than the chosen threshold's.
+    ordered = np.sort(scores)
+    cuts = np.r_[ordered[0] - 1, (ordered[1:] + ordered[:-1]) / 2]
+    best_f1 = f1_at(threshold)
+    assert best_f1 == pytest.approx(max(f1_at(cut) for cut in cuts), abs=1e-12)
+    assert best_f1 > 0.5
+    assert anomaly.detection_figures(labels, scores, threshold)["f1"] == pytest.approx(best_f1)
+    threshold, rule = anomaly.choose_threshold(normal, None)
     assert "percentile" in rule and (normal > threshold).mean() == pytest.approx(0.005, abs=1e-3)
 
 
-def test_vae_score_is_deterministic(runs, splits):
+def test_vae_score_is_the_negative_elbo_at_the_posterior_mean(splits):
+    """The score by hand in numpy, on set weights: -log N(z; mu, sigma^2) of the standardised
+    row z under the decoder fed the posterior mean (without the constant, log sigma^2 floored
+    at MIN_LOG_VARIANCE), plus KL(N(m, s^2) || N(0, I))."""
+    schema = splits.train.schema
+    vae = anomaly.build_detector("vae", schema.features, schema.log_features,
+                                 splits.train.normals().features)
+    rng = np.random.default_rng(3)
+    dense = [*vae.encoder.layers, *vae.decoder.layers]
+    weights = [[rng.normal(0, 0.3, layer.kernel.shape).astype("float32"),
+                rng.normal(0, 0.1, layer.bias.shape).astype("float32")] for layer in dense]
+    features = len(schema.features)
+    weights[3][1][features:] = np.linspace(-3, 1, features)  # some log-variances below -2
+    for layer, values in zip(dense, weights):
+        layer.set_weights(values)
+    (w1, b1), (w2, b2), (w3, b3), (w4, b4) = [[a.astype("float64") for a in w] for w in weights]
+
+    rows = splits.test.features[:256]
+    log_mask = np.array([name in schema.log_features for name in schema.features])
+    logged = np.where(log_mask, np.log1p(np.maximum(rows, 0)), rows)
+    scale = np.sqrt(np.array(vae.variance))
+    z = (logged - np.array(vae.mean)) / scale
+    # The detector's log(1 + x) is x + (log1p(x) - x), which quantises cleanly to int8 but in
+    # float32 rounds a raw value x to its float32 spacing (0.06 near a week of seconds).
+    tolerance = np.where(log_mask, 2 ** -23 * np.abs(rows), 0) / scale + 1e-5
+    assert (np.abs(vae.standardize(rows).numpy() - z) <= tolerance).all()
+
+    z = z.astype("float32")
+    code_mean, code_log_variance = np.split(np.tanh(z @ w1 + b1) @ w2 + b2, 2, axis=1)
+    mean, log_variance = np.split(np.tanh(code_mean @ w3 + b3) @ w4 + b4, 2, axis=1)
+    log_variance = np.maximum(log_variance, anomaly.MIN_LOG_VARIANCE)
+    nll = 0.5 * ((z - mean) ** 2 * np.exp(-log_variance) + log_variance).sum(axis=1)
+    kl = -0.5 * (1 + code_log_variance - code_mean**2 - np.exp(code_log_variance)).sum(axis=1)
+    assert (log_variance == anomaly.MIN_LOG_VARIANCE).any() and (kl > 0).all()
+    np.testing.assert_allclose(vae.score_standardized(z).numpy(), nll + kl, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_trained_vae_score_is_deterministic(runs, splits):
     vae, _ = fraud.load_run(runs["vae"])
     rows = splits.test.features[:256]
-    np.testing.assert_array_equal(fraud.score(vae, rows), fraud.score(vae, rows))
+    np.testing.assert_array_equal(anomaly.score(vae, rows), anomaly.score(vae, rows))
 
 
 def test_evaluate_prints_curves_figures_and_a_confusion_table(runs, capsys):
@@ -115,7 +169,7 @@ def test_evaluate_prints_curves_figures_and_a_confusion_table(runs, capsys):
 
 
 def test_compare_trains_every_model_on_one_split_and_prints_one_table(tmp_path, capsys):
-    rows = fraud.compare(epochs=1, runs_root=tmp_path, rows=4_000, verbose=0)
+    rows = fraud.compare(fraud.TrainConfig(epochs=1, rows=4_000, verbose=0), runs_root=tmp_path)
     assert [r["model"] for r in rows] == list(fraud.MODELS)
     out = capsys.readouterr().out
     assert "PR-AUC" in out and all(m in out.split("Test split")[-1] for m in fraud.MODELS)
@@ -141,9 +195,11 @@ def test_mirrored_first_three_steps_match_one_device(model_name, splits):
         with strategy.scope():
             # As fraud.train builds and compiles them, with one explicit learning rate on both
             # sides (train() scales it with the replicas).
-            detector = fraud.build_for(model_name, splits.train.schema, rows)
+            schema = splits.train.schema
+            detector = anomaly.build_detector(model_name, schema.features, schema.log_features,
+                                              rows)
             if model_name == "rbm":
-                model = fraud.build_rbm_trainer(detector, learning_rate=fraud.RBM_LEARNING_RATE)
+                model = anomaly.rbm_trainer(detector, fraud.RBM_LEARNING_RATE)
                 data = detector.standardize(rows).numpy()  # what fit_detector feeds it
             else:
                 model, data = detector, rows
@@ -170,11 +226,18 @@ def test_mirrored_first_three_steps_match_one_device(model_name, splits):
                                  learning_rate=fraud.LEARNING_RATE, atol=1e-5)
 
 
-def test_learning_rates_are_per_replica(splits):
-    rows = splits.train.normals().features[:256]
-    with runner.choose_strategy("mirrored").scope():
-        trainer = fraud.build_rbm_trainer(fraud.build_for("rbm", splits.train.schema, rows))
-    assert trainer.optimizer.get_config()["learning_rate"] == \
+def test_learning_rates_are_per_replica(tmp_path, monkeypatch):
+    """Rates are stated for one replica: two replicas train at twice the rate."""
+    trainers = []
+    make_trainer = anomaly.rbm_trainer
+    monkeypatch.setattr(anomaly, "rbm_trainer",
+                        lambda *args: trainers.append(make_trainer(*args)) or trainers[-1])
+    for model_name in ("autoencoder", "rbm"):
+        fraud.train(fraud.TrainConfig(model=model_name, strategy="mirrored", epochs=1,
+                                      rows=2_000, run_dir=tmp_path / model_name, verbose=0))
+    adam = keras.saving.load_model(tmp_path / "autoencoder" / "best.keras").optimizer
+    assert float(adam.learning_rate) == pytest.approx(2 * fraud.LEARNING_RATE)
+    assert len(trainers) == 1 and trainers[0].optimizer.get_config()["learning_rate"] == \
         pytest.approx(2 * fraud.RBM_LEARNING_RATE)
 
 
@@ -182,8 +245,8 @@ def test_training_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys
     from apps import backup
 
     def train(run_dir):
-        return fraud.train(model_name="vae", epochs=2, rows=4_000, run_dir=run_dir, verbose=0,
-                           backup_every=1)
+        return fraud.train(fraud.TrainConfig(model="vae", epochs=2, rows=4_000, run_dir=run_dir,
+                                             verbose=0, backup_every=1))
 
     uninterrupted = train(tmp_path / "whole")
     saved = backup.StepBackup.save
@@ -232,14 +295,14 @@ def test_reloaded_saved_model_flags_what_keras_flags(runs, exported, splits):
     _, report = exported
     detector, run = fraud.load_run(runs["autoencoder"])
     test = splits.test
-    keras_scores = fraud.score(detector, test.features)
+    keras_scores = anomaly.score(detector, test.features)
     keras_flags = keras_scores > run["threshold"]
     assert 0 < keras_flags.sum() < len(keras_flags) / 10
 
     serving = tf.saved_model.load(report["saved_model"]).signatures["serving_default"]
     assert sorted(serving.structured_input_signature[1]) == sorted(transactions.FEATURES)
     served = serving(**{name: tf.constant(column) for name, column in
-                        fraud.columns_of(test.features, test.schema).items()})
+                        litert_fraud.columns_of(test.features, test.schema.features).items()})
     assert served["is_anomaly"].dtype == tf.bool
     np.testing.assert_array_equal(served["is_anomaly"].numpy(), keras_flags)
     np.testing.assert_allclose(served["score"].numpy(), keras_scores, rtol=1e-4, atol=1e-5)
@@ -249,13 +312,13 @@ def test_tflite_float32_and_int8_run_in_litert(runs, exported, splits):
     _, report = exported
     detector, run = fraud.load_run(runs["autoencoder"])
     test = splits.test
-    keras_scores = fraud.score(detector, test.features)
+    keras_scores = anomaly.score(detector, test.features)
     extra = Path(report["saved_model"]) / "assets.extra"
     scaling = json.loads((extra / "schema.json").read_text())["scaling"]
     rows = test.features[:500]
     # float32 takes raw named columns, like serving_default.
     raw = LiteRTModel(extra / "fraud_float32.tflite").signature("serving_default")
-    out = raw(**fraud.columns_of(rows, test.schema))
+    out = raw(**litert_fraud.columns_of(rows, test.schema.features))
     assert set(out) == {"score", "is_anomaly"}
     np.testing.assert_allclose(out["score"], keras_scores[:500], rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(out["is_anomaly"], keras_scores[:500] > run["threshold"])
@@ -263,7 +326,7 @@ def test_tflite_float32_and_int8_run_in_litert(runs, exported, splits):
     # int8 takes standardised rows, made with numpy from schema.json's statistics.
     quantised = LiteRTModel(extra / "fraud_int8.tflite").signature("score_standardized")
     assert quantised.input_details["features"]["dtype"] == np.int8
-    out = quantised(features=fraud.standardize(rows, scaling))
+    out = quantised(features=litert_fraud.standardize(rows, scaling))
     assert np.corrcoef(out["score"], np.minimum(keras_scores[:500], out["score"].max()))[0, 1] > 0.9
     int8 = report["int8"]
     # Quantised: the ranking of frauds survives and the flags mostly agree.
@@ -272,16 +335,21 @@ def test_tflite_float32_and_int8_run_in_litert(runs, exported, splits):
     assert int8["flags_as_keras"] >= 0.98, int8
 
 
-def test_failed_export_leaves_nothing_behind(runs, tmp_path, monkeypatch):
-    from serving import export as exporting
+@pytest.mark.parametrize("failing", ["int8", "float32"])
+def test_failed_export_leaves_nothing_behind(failing, runs, tmp_path, monkeypatch):
+    from serving import export as export_lib
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("converter crashed")
+    convert = export_lib.convert_to_tflite
 
-    monkeypatch.setattr(exporting, "convert_to_tflite", broken)
+    def broken(saved_model, signature, variant, *args):
+        if variant == failing:  # int8 fails before the version is written, float32 within
+            raise RuntimeError("converter crashed")
+        return convert(saved_model, signature, variant, *args)
+
+    monkeypatch.setattr(export_lib, "convert_to_tflite", broken)
     with pytest.raises(RuntimeError, match="converter crashed"):
         fraud.export(runs["autoencoder"], tmp_path, quiet=True)
-    assert list((tmp_path / "fraud").iterdir()) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
 # --- predict ----------------------------------------------------------------------------------
@@ -296,9 +364,8 @@ def test_predict_streams_rows_back_with_score_and_flag(runs, tmp_path, monkeypat
     source = tmp_path / "new_month.csv"
     transactions.write_csv(source, rows=3_000, seed=11)  # transactions no model has seen
     monkeypatch.setattr(fraud, "PREDICT_CHUNK_ROWS", 700)  # several chunks
-    monkeypatch.setattr(runner, "RUNS_ROOT", runs["rbm"].parent.parent)  # "last" lives here
-    (runs["rbm"].parent.parent / "fraud").mkdir(exist_ok=True)
-    (runs["rbm"].parent.parent / "fraud" / "last").write_text(str(runs["vae"]) + "\n")
+    monkeypatch.setattr(runner, "RUNS_ROOT", tmp_path / "runs")  # LAST lives here
+    runner.RunDir(runs["vae"]).mark_last("fraud")
 
     output = tmp_path / "out" / "scored.csv"
     result = fraud.predict(source, output, quiet=True)  # the last trained run: the VAE
@@ -309,7 +376,7 @@ def test_predict_streams_rows_back_with_score_and_flag(runs, tmp_path, monkeypat
 
     vae, run = fraud.load_run(runs["vae"])
     table = tabular.read_csv(source, tabular.SYNTHETIC)
-    expected = fraud.score(vae, table.features)
+    expected = anomaly.score(vae, table.features)
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-4, atol=1e-4)
     flags = np.array([int(r["is_anomaly"]) for r in rows])
     np.testing.assert_array_equal(flags, expected > run["threshold"])
@@ -350,12 +417,34 @@ def run_main(argv, capsys):
 def test_train_on_a_labelled_csv_uses_its_normal_rows_only(tmp_path):
     source = tmp_path / "cards.csv"
     transactions.write_csv(source, rows=3_000, seed=5)
-    fraud.train(str(source), epochs=1, run_dir=tmp_path / "run", verbose=0)
+    fraud.train(fraud.TrainConfig(data=str(source), epochs=1, run_dir=tmp_path / "run", verbose=0))
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     table = tabular.load_table(str(source))
     oldest = np.argsort(table.times, kind="stable")[: int(len(table) * tabular.TRAIN_SHARE)]
     assert run["split"] == "time" and run["schema"]["label"] == "is_fraud"
     assert run["train_normal_rows"] == int((table.labels[oldest] == 0).sum()) < len(oldest)
+
+
+def test_command_line_fills_the_train_config():
+    args = fraud.parse_args(["train", "--model", "vae", "--time", "ts", "--label", "y",
+                             "--rows", "500", "--epochs", "3"])
+    config = runner.config_from_args(fraud.TrainConfig, args)
+    assert (config.model, config.time_column, config.label, config.rows, config.epochs) == (
+        "vae", "ts", "y", 500, 3)
+    assert config.batch_size is None and config.seed == fraud.SEED  # None: auto_batch_size
+    sized = fraud.parse_args(["train", "--batch-size", "32"])
+    assert runner.config_from_args(fraud.TrainConfig, sized).batch_size == 32
+    assert fraud.parse_args(["evaluate"]).model is None  # the run trained last
+    with pytest.raises(runner.UsageError, match="--model gan"):
+        fraud.TrainConfig(model="gan")
+
+
+def test_a_run_whose_training_did_not_finish_is_refused(tmp_path):
+    shutil.copy(PROJECT / "tests/fixtures/checkpoints_v0/fraud_autoencoder.keras",
+                tmp_path / "best.keras")
+    (tmp_path / "run.json").write_text('{"app": "fraud", "model": "autoencoder"}\n')
+    with pytest.raises(runner.UsageError, match="training did not finish"):
+        fraud.load_run(tmp_path)
 
 
 def test_bad_csv_files_end_in_one_line_and_status_2(tmp_path, capsys):

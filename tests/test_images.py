@@ -11,6 +11,8 @@ from PIL import Image
 
 from pipelines import DataError, images
 
+pytestmark = pytest.mark.fast  # the edit-test tier: make test-fast
+
 
 def write_idx(path, array, gz):
     magic = 0x0800 | array.ndim

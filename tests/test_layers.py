@@ -46,6 +46,7 @@ def energies(rbm: RBM, visible: np.ndarray, hidden: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
 def test_free_energy_equals_brute_force_sum_over_hidden_states(kind):
     rbm = random_rbm(4, 3, kind)
@@ -56,6 +57,7 @@ def test_free_energy_equals_brute_force_sum_over_hidden_states(kind):
                                atol=1e-5)
 
 
+@pytest.mark.fast
 def test_conditionals_match_the_joint_distribution():
     """p(h_j = 1 | v) from `call` equals the marginal computed from the enumerated joint."""
     rbm = random_rbm(4, 3)
@@ -118,6 +120,7 @@ def test_gaussian_rbm_free_energy_flags_points_off_the_data():
     assert roc_auc_score(labels, scores) > 0.9
 
 
+@pytest.mark.fast
 def test_rbm_update_under_mirrored_strategy_equals_one_device():
     """Same global batch, same initial weights: 3 CD-1 steps on 2 logical CPUs leave the same
     weights as on one device (gradients scaled per replica, noise drawn per example)."""
@@ -153,6 +156,7 @@ def toy_regression(rows=300, features=5, outputs=3, seed=0):
     return inputs, targets
 
 
+@pytest.mark.fast
 def test_closed_form_upper_weights_equal_numpy_ridge_least_squares():
     inputs, targets = toy_regression()
     ridge = 0.5
@@ -176,6 +180,7 @@ def test_closed_form_upper_weights_equal_numpy_ridge_least_squares():
         np.testing.assert_allclose(dsn.predict(inputs, verbose=0), expected, atol=1e-5)
 
 
+@pytest.mark.fast
 def test_upper_weights_are_solved_from_solve_data_when_given():
     """Refined on distorted inputs, solved on the undistorted ones (what `--augment` does)."""
     inputs, targets = toy_regression()
@@ -189,6 +194,7 @@ def test_upper_weights_are_solved_from_solve_data_when_given():
     np.testing.assert_allclose(dsn.stack[0].upper.numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.fast
 def test_modules_of_different_widths_a_random_top_one_and_a_round_trip_through_saving(tmp_path):
     """What the MNIST benchmark stacks: refined modules, then a wider one whose W stays random."""
     inputs, targets = toy_regression()
@@ -214,6 +220,7 @@ def test_modules_of_different_widths_a_random_top_one_and_a_round_trip_through_s
         DeepStackingNetwork(num_modules=3, hidden_units=[6, 40], output_units=3)
 
 
+@pytest.mark.fast
 def test_refinement_follows_the_gradient_through_the_closed_form_upper_weights():
     """One full-batch refinement step is Adam's first step, lr * sign(gradient): its direction
     must be the sign of the numerical gradient of |H U(W) - T|^2, U(W) the ridge solution."""

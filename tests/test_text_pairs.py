@@ -11,6 +11,8 @@ import tensorflow as tf
 from pipelines import DataError, number_corpus
 from pipelines import text_pairs as tp
 
+pytestmark = pytest.mark.fast  # the edit-test tier: make test-fast
+
 SPA = "Go.\tVe.\nWho?\t¿Quién?\nWait!\t¡Espera!\n"
 
 
