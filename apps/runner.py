@@ -32,7 +32,9 @@ from pathlib import Path
 from apps import backup
 from pipelines import DataError
 
-RUNS_ROOT = Path("runs")
+# Where `train` writes unless --run-dir says otherwise, and where each app's LAST lives; the test
+# suite points it (and its subprocesses, through the environment) at a temporary directory.
+RUNS_ROOT = Path(os.environ.get("DEEP_ARCHITECTURES_RUNS", "runs"))
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 
 

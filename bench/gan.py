@@ -17,6 +17,7 @@ from pathlib import Path
 
 from apps import gan, runner
 from bench import SHARED_DATA, save_results
+from models import dcgan
 
 MNIST = SHARED_DATA / "mnist"
 EPOCHS = {"cgan": 5, "dcgan": 5}  # about 2 CPU-minutes an epoch each (859 steps of 64)
@@ -29,7 +30,7 @@ def shared_lenet(data: str) -> Path | None:
     candidate = RUNS / "lenet5"
     try:
         gan.check_evaluator(candidate, data)
-    except gan.UsageError:
+    except runner.UsageError:
         return None
     return candidate
 
@@ -51,15 +52,15 @@ def main(argv=None) -> dict:
         epochs = args.epochs or EPOCHS[model_name]
         run_dir = RUNS / f"gan_{model_name}"
         wall, cpu = time.perf_counter(), time.process_time()
-        figures = gan.train(data=args.data, model_name=model_name, epochs=epochs,
-                            batch_size=args.batch_size, run_dir=run_dir, evaluator=evaluator,
-                            verbose=2)
+        figures = gan.train(gan.TrainConfig(data=args.data, model=model_name, epochs=epochs,
+                                            batch_size=args.batch_size, run_dir=run_dir,
+                                            evaluator=evaluator, verbose=2))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         evaluator = evaluator or run_dir / "evaluator"  # the next model reuses this judge
         label_accuracy = figures.get("label_accuracy")
         met = None if label_accuracy is None else label_accuracy >= LABEL_ACCURACY_TARGET
         results[model_name] = {
-            "epochs": epochs, "batch_size": args.batch_size, "filters": gan.FILTERS,
+            "epochs": epochs, "batch_size": args.batch_size, "filters": dcgan.FILTERS,
             "wall_seconds": wall, "cpu_seconds": cpu, "run_dir": str(run_dir),
             "label_accuracy_target": LABEL_ACCURACY_TARGET, "met": met,
             **{k: v for k, v in figures.items() if k != "label_accuracy_per_class"},

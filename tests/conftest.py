@@ -1,21 +1,44 @@
 """Shared fixtures. TensorFlow is imported once per process; the CPU is split into two logical
 devices before anything touches it, so MirroredStrategy can be tested without GPUs."""
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
-from apps import runner  # first: it quiets TensorFlow's C++ logging before the import
+# Before anything reads it, and inherited by every command a test starts: the runs of the tests,
+# and each app's LAST mark, go to a temporary directory, never into the user's runs/.
+os.environ["DEEP_ARCHITECTURES_RUNS"] = tempfile.mkdtemp(prefix="deep-architectures-runs-")
+
+from apps import runner  # noqa: E402  (first of the project: it quiets TensorFlow's logging)
 
 runner.split_cpu(2)
+
+PROJECT = Path(__file__).resolve().parents[1]
+USER_DIRECTORIES = ("runs", "saved_models")
 
 SHORT_EPOCHS = 12  # enough for LeNet-5 to be far past chance on the embedded digits
 
 
+def snapshot(directories=USER_DIRECTORIES) -> dict[str, tuple[int, int]]:
+    """Every file under the user's directories: size and modification time."""
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns)
+            for directory in directories for path in sorted((PROJECT / directory).rglob("*"))
+            if path.is_file()}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def runs_root(tmp_path_factory):
-    """Tests never write into the user's runs/: default run directories and each app's LAST
-    mark go under a temporary directory."""
-    runner.RUNS_ROOT = tmp_path_factory.mktemp("runs")
-    return runner.RUNS_ROOT
+def user_files_untouched():
+    """The suite fails if anything it ran wrote into the user's runs/ or saved_models/."""
+    before = snapshot()
+    yield
+    after = snapshot()
+    changed = sorted(set(before) ^ set(after) | {p for p in before if after.get(p, before[p])
+                                                 != before[p]})
+    shutil.rmtree(runner.RUNS_ROOT, ignore_errors=True)
+    assert not changed, f"the test suite wrote into the working tree: {changed[:5]}"
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from mirroring import assert_same_adam_weights
 from PIL import Image
 
 from apps import backup, digit_ocr, gan, runner
+from models import dcgan
 from serving.litert import LiteRTModel
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -28,16 +29,16 @@ FILTERS = 32  # half the default width: the same architecture, twice as fast
 def cgan_run(trained_run, tmp_path_factory):
     """A cGAN trained briefly, judged by conftest's LeNet-5 (trained on the same digits)."""
     run_dir = tmp_path_factory.mktemp("gan") / "cgan"
-    figures = gan.train(model_name="cgan", epochs=EPOCHS, filters=FILTERS, run_dir=run_dir,
-                        evaluator=trained_run, verbose=0)
+    figures = gan.train(gan.TrainConfig(model="cgan", epochs=EPOCHS, filters=FILTERS,
+                                        run_dir=run_dir, evaluator=trained_run, verbose=0))
     return run_dir, figures
 
 
 @pytest.fixture(scope="module")
 def dcgan_run(trained_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("gan") / "dcgan"
-    figures = gan.train(model_name="dcgan", epochs=EPOCHS, filters=FILTERS, run_dir=run_dir,
-                        evaluator=trained_run, verbose=0)
+    figures = gan.train(gan.TrainConfig(model="dcgan", epochs=EPOCHS, filters=FILTERS,
+                                        run_dir=run_dir, evaluator=trained_run, verbose=0))
     return run_dir, figures
 
 
@@ -52,7 +53,7 @@ def cgan_export(cgan_run, tmp_path_factory):
 
 
 def noise(count, seed=0):
-    return np.random.default_rng(seed).standard_normal((count, gan.LATENT_DIM)).astype(np.float32)
+    return np.random.default_rng(seed).standard_normal((count, dcgan.LATENT_DIM)).astype("float32")
 
 
 # --- learning ---------------------------------------------------------------------------------
@@ -75,9 +76,9 @@ def test_cgan_draws_the_digit_it_is_asked_for(cgan_run, judge):
     assert figures["label_accuracy"] >= 0.7, figures["label_accuracy"]  # chance: 0.1
     assert min(figures["label_accuracy_per_class"].values()) >= 0.2, figures
     # The same measurement on an untrained copy stays near chance.
-    untrained = gan.build_generator("cgan", filters=FILTERS)
+    untrained = dcgan.build_generator("cgan", filters=FILTERS)
     asked = np.arange(500) % 10
-    read = judge.classify(gan.sample_frames(untrained, noise(500), asked))
+    read = judge.classify(dcgan.sample_frames(untrained, noise(500), asked))
     assert (read == asked).mean() <= 0.25
     # and the figure written to the run directory is the one returned
     assert json.loads((run_dir / "metrics.json").read_text())["label_accuracy"] == \
@@ -87,15 +88,16 @@ def test_cgan_draws_the_digit_it_is_asked_for(cgan_run, judge):
 def test_collapsed_generator_fails_mode_coverage(cgan_run, dcgan_run, judge, digits):
     # A generator that collapsed onto one digit: the trained cGAN, always asked for a 3.
     generator, _ = gan.load_generator(cgan_run[0])
-    z = keras.Input((gan.LATENT_DIM,))
+    z = keras.Input((dcgan.LATENT_DIM,))
     threes = keras.Model(z, generator([z, keras.ops.full_like(z[:, 0], 3, dtype="int32")]))
     rng = np.random.default_rng(1)
-    collapsed = gan.mode_coverage(judge.classify(gan.unconditional_frames(threes, 1000, 10, rng)))
+    drawn = dcgan.unconditional_frames(threes, 1000, 10, rng)
+    collapsed = dcgan.mode_coverage(judge.classify(drawn))
     assert collapsed["covered"] <= 2 and not collapsed["passed"], collapsed
     assert np.argmax(collapsed["counts"]) == 3
     # What passes: the real test digits, and the trained DCGAN's unconditional samples.
     real = np.stack([frame.numpy() for frame, _ in digits.test])
-    assert gan.mode_coverage(judge.classify(real))["passed"]
+    assert dcgan.mode_coverage(judge.classify(real))["passed"]
     assert dcgan_run[1]["mode_coverage"]["covered"] >= 9, dcgan_run[1]["mode_coverage"]
 
 
@@ -105,8 +107,8 @@ def test_frechet_distance_of_known_gaussians():
     shift = np.array([1.0, -2.0, 0.0, 0.5])
     b = 2.0 * rng.standard_normal((20_000, 4)) + shift
     # |mu_a - mu_b|^2 + Tr(I + 4I - 2 * 2I) = 5.25 + 4
-    assert gan.frechet_distance(a, b) == pytest.approx(9.25, rel=0.02)
-    assert gan.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert dcgan.frechet_distance(a, b) == pytest.approx(9.25, rel=0.02)
+    assert dcgan.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_run_directory_has_what_a_user_looks_at(cgan_run):
@@ -147,10 +149,10 @@ def test_mirrored_first_three_steps_match_one_device(digits):
     def three_steps(strategy, model_name):
         keras.utils.set_random_seed(7)
         with strategy.scope():
-            model = gan.build_gan(model_name, filters=16)
+            model = dcgan.build_gan(model_name, filters=16)
             # As train() compiles it, with one explicit rate: the same update on both sides
             # (train() would scale the rate with the replicas).
-            model.compile(steps_per_execution=1, learning_rate=gan.LEARNING_RATE)
+            model.compile(steps_per_execution=1, learning_rate=dcgan.LEARNING_RATE)
         logs = StepLogs()
         model.fit(batches, verbose=0, callbacks=[logs])
         return logs.steps, [w.numpy() for w in model.weights]
@@ -169,19 +171,19 @@ def test_mirrored_first_three_steps_match_one_device(digits):
         for name in ("d_loss", "g_loss", "d_real", "d_fake"):
             assert two[name] == pytest.approx(one[name], rel=1e-4), (step, name)
     assert_same_adam_weights(single_weights, mirrored_weights, steps=3,
-                             learning_rate=gan.LEARNING_RATE, atol=5e-5)
+                             learning_rate=dcgan.LEARNING_RATE, atol=5e-5)
 
 
 def test_learning_rate_is_per_replica(digits):
     with runner.choose_strategy("mirrored").scope():
-        model = gan.build_gan("dcgan", filters=8)
+        model = dcgan.build_gan("dcgan", filters=8)
         model.compile()
     for optimizer in (model.d_optimizer, model.g_optimizer):
-        assert optimizer.get_config()["learning_rate"] == pytest.approx(2 * gan.LEARNING_RATE)
+        assert optimizer.get_config()["learning_rate"] == pytest.approx(2 * dcgan.LEARNING_RATE)
 
 
 def test_noise_changes_with_step_and_stream(digits):
-    model = gan.build_gan("dcgan", filters=8)
+    model = dcgan.build_gan("dcgan", filters=8)
     model.compile()
     first = model.draw_noise(4, stream=0).numpy()
     assert not np.allclose(first, model.draw_noise(4, stream=1).numpy())
@@ -196,7 +198,7 @@ def test_noise_changes_with_step_and_stream(digits):
 def test_saved_model_gives_uint8_images_and_png_bytes(cgan_run, cgan_export):
     generator, _ = gan.load_generator(cgan_run[0])
     z, labels = noise(16, seed=3), np.arange(16, dtype=np.int32) % 10
-    expected = gan.sample_frames(generator, z, labels)
+    expected = dcgan.sample_frames(generator, z, labels)
 
     reloaded = tf.saved_model.load(cgan_export["saved_model"])
     images = reloaded.signatures["serving_default"](noise=tf.constant(z), label=tf.constant(labels))
@@ -214,7 +216,7 @@ def test_saved_model_gives_uint8_images_and_png_bytes(cgan_run, cgan_export):
 def test_tflite_generators_match_keras_in_litert(cgan_run, cgan_export):
     generator, _ = gan.load_generator(cgan_run[0])
     z, labels = noise(32, seed=4), np.arange(32, dtype=np.int32) % 10
-    expected = gan.sample_frames(generator, z, labels).astype(int)
+    expected = dcgan.sample_frames(generator, z, labels).astype(int)
     extra = Path(cgan_export["saved_model"]) / "assets.extra"
     for variant, max_off, mean_off in (("float32", 1, 0.01), ("float16", 8, 0.5)):
         runner_ = LiteRTModel(extra / f"gan_cgan_{variant}.tflite").signature("serving_default")
@@ -276,6 +278,8 @@ def test_bad_requests_are_reported_in_one_line(cgan_run, dcgan_run, tmp_path, ca
         code, err = run_main(argv, capsys)
         assert code == 2 and err.count("\n") == 0 and problem in err, (argv, err)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(runner.UsageError, match="--model wgan: choose from dcgan, cgan"):
+        gan.TrainConfig(model="wgan")
 
 
 def test_evaluator_trained_on_other_data_is_refused(tmp_path, cgan_run, trained_run, capsys):
@@ -294,8 +298,8 @@ def test_evaluator_trained_on_other_data_is_refused(tmp_path, cgan_run, trained_
 
 def test_training_killed_mid_epoch_resumes_exactly(trained_run, tmp_path, monkeypatch, capsys):
     def train(run_dir):
-        return gan.train(model_name="dcgan", epochs=2, filters=8, run_dir=run_dir,
-                         evaluator=trained_run, verbose=0, backup_every=1)
+        return gan.train(gan.TrainConfig(model="dcgan", epochs=2, filters=8, run_dir=run_dir,
+                                         evaluator=trained_run, verbose=0, backup_every=1))
 
     uninterrupted = train(tmp_path / "whole")
     saved = backup.StepBackup.save
@@ -323,6 +327,11 @@ def test_training_killed_mid_epoch_resumes_exactly(trained_run, tmp_path, monkey
         np.testing.assert_array_equal(one, two)
     assert len(list((run_dir / "samples").glob("epoch_*.png"))) == 2
     assert not (run_dir / "backup").exists()  # finished: the backup is gone
+    # The run trained last is what evaluate, generate and export read without --run-dir;
+    # --model names its default directory instead.
+    assert gan.find_run().path == run_dir.resolve()
+    assert gan.find_run(model_name="cgan").path == runner.RUNS_ROOT / "gan" / "cgan"
+    assert gan.load_generator()[1]["model"] == "dcgan"
 
 
 @pytest.mark.slow
@@ -352,6 +361,8 @@ def test_evaluator_is_trained_into_the_run_directory_once(cgan_run, tmp_path, mo
     assert figures["evaluator"] == str(judge)
     assert json.loads((judge / "run.json").read_text())["data"] == "digits"
     assert figures["evaluator_test_accuracy"] > 0.5
+    # a judge made on the side is no digit_ocr run of the user's: their last run stays theirs
+    assert digit_ocr.find_run().path.resolve() != judge.resolve()
     trained_at = (judge / "best.keras").stat().st_mtime_ns
     gan.evaluate(run_dir, quiet=True)
     assert (judge / "best.keras").stat().st_mtime_ns == trained_at  # reused, not retrained
