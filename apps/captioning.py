@@ -523,8 +523,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     train_parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
                               help="peak Adam learning rate for one replica's batch; N"
                                    " replicas train at N times it (default: %(default)s)")
-    train_parser.add_argument("--seed", type=int, default=SEED)
-    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
     runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
 
     with_search(with_run_dir(commands.add_parser(

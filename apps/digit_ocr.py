@@ -489,9 +489,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train_parser.add_argument("--augment", action="store_true",
                               help="light random shifts, rotations and zooms while training")
-    train_parser.add_argument("--seed", type=int, default=SEED)
-    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                              help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
     runner.add_training_options(
         train_parser, None, BATCH_SIZE,
         epochs_help=f"default: {EPOCHS}; for the DSN, gradient refinement epochs per module"

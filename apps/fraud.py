@@ -538,9 +538,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="synthetic rows to generate (default: %(default)s)")
     train_parser.add_argument("--compare", action="store_true",
                               help="train all three models on the same split, one table")
-    train_parser.add_argument("--seed", type=int, default=SEED)
-    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                              help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
     runner.add_training_options(
         train_parser, EPOCHS, None,
         batch_help=f"default: {BATCH_SIZE}, {RBM_BATCH_SIZE} for the RBM; less on small data so"

@@ -541,10 +541,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train_parser.add_argument("--filters", type=int, default=dcgan.FILTERS,
                               help="width of both networks (default: %(default)s)")
-    train_parser.add_argument("--seed", type=int, default=dcgan.SEED)
     train_parser.add_argument("--evaluator", type=Path, help=evaluator_help)
-    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                              help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
     runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
 
     evaluate_parser = with_run_options(commands.add_parser(

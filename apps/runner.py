@@ -469,7 +469,8 @@ class TrainingRun:
 def add_training_options(parser: argparse.ArgumentParser, epochs: int | None,
                          batch_size: int | None, epochs_help: str = "default: %(default)s",
                          batch_help: str = "default: %(default)s") -> None:
-    """--epochs, --batch-size and how to run: strategy, devices, precision, XLA, backups."""
+    """--epochs, --batch-size, --seed, --verbose and how to run: strategy, devices, precision,
+    XLA, backups."""
     parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     parser.add_argument(
         "--batch-size",
@@ -478,6 +479,10 @@ def add_training_options(parser: argparse.ArgumentParser, epochs: int | None,
         help="per replica; the global batch is this times the number of replicas"
         f" ({batch_help})",
     )
+    parser.add_argument("--seed", type=int, default=TrainingConfig.seed,
+                        help="weights, shuffling and augmentation (default: %(default)s)")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,

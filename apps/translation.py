@@ -518,9 +518,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     train_parser.add_argument("--test-size", type=float, default=TEST_SIZE,
                               help="held-out test pairs: a share below 1, else a count"
                                    " (default: %(default)s)")
-    train_parser.add_argument("--seed", type=int, default=SEED)
-    train_parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                              help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
     runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
 
     with_search(with_run_dir(commands.add_parser(
