@@ -14,6 +14,7 @@ weights are solved in closed form, Deng & Yu, 2011).
 """
 
 import argparse
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,26 +340,28 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path) ->
 
 
 def predict(files: list[Path], run_dir: Path | None = None) -> list[dict]:
-    """Reads the digits in each image file: a string, and a confidence per digit."""
-    grays = [digit_frames.read_grayscale(Path(f)) for f in files]  # all checked up front
+    """Reads the digits in each image file: a string, and a confidence per digit. A picture of
+    one digit is read whole, exactly as the SavedModel reads it; a row of digits is cut into
+    one crop per digit."""
+    for path in files:  # all checked up front: one line for a bad file, nothing read
+        digit_frames.check_image_file(Path(path))
     model, run = load_run(run_dir)
-    class_names = run["class_names"]
-    results = []
-    for path, gray in zip(files, grays):
-        crops = digit_frames.segment_digits(gray)
-        if not crops:
-            results.append({"file": str(path), "text": "", "digits": [], "confidences": []})
-            continue
-        frames = np.stack([image_data.mnist_normalize(crop).numpy() for crop in crops])
-        probabilities = model.predict(image_data.to_model_input(frames), verbose=0)
-        best = probabilities.argmax(axis=1)
-        digits = [class_names[i] for i in best]
-        results.append({
-            "file": str(path),
-            "text": "".join(digits),
-            "digits": digits,
-            "confidences": [float(p) for p in probabilities.max(axis=1)],
-        })
+    # Decoded by TensorFlow, as in the SavedModel (PIL converts colour to grey a little
+    # differently).
+    pictures = [digit_frames.digit_pictures(
+        image_data.decode_grayscale(tf.io.read_file(str(path))).numpy()[..., 0])
+        for path in files]
+    frames = [image_data.mnist_normalize(picture).numpy()
+              for file_pictures in pictures for picture in file_pictures]
+    probabilities = (model.predict(image_data.to_model_input(np.stack(frames)), batch_size=256,
+                                   verbose=0) if frames else np.zeros((0, len(run["class_names"]))))
+    results, start = [], 0
+    for path, file_pictures in zip(files, pictures):
+        found = probabilities[start : start + len(file_pictures)]
+        start += len(file_pictures)
+        digits = [run["class_names"][i] for i in found.argmax(axis=1)]
+        results.append({"file": str(path), "text": "".join(digits), "digits": digits,
+                        "confidences": [float(p) for p in found.max(axis=1)]})
     return results
 
 
@@ -444,6 +447,41 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         print(f"Keras best.keras: test accuracy {keras_accuracy:.4f}\n")
         runner.print_export(report)
     return report
+
+
+def served_figures(version_dir: Path, run_dir: Path | None = None) -> list[dict]:
+    """The test digits as a user sends them, PNG files, through every served path, beside what
+    `evaluate` scores on the same digits: one row per path (the skew check)."""
+    from PIL import Image
+
+    from serving import litert
+
+    model, run = load_run(run_dir)
+    dataset = image_data.load_image_dataset(run["data"])
+    frames = np.stack([image.numpy() for image, _ in dataset.test])  # uint8 [N, 28, 28, 1]
+    labels = np.array([int(label) for _, label in dataset.test])
+    names = run["class_names"]
+    evaluated = model.predict(image_data.to_model_input(frames), verbose=0).argmax(axis=1)
+    served = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    with tempfile.TemporaryDirectory() as folder:
+        files = [Path(folder, f"{i:05d}.png") for i in range(len(frames))]
+        for path, frame in zip(files, frames):
+            Image.fromarray(frame[..., 0]).save(path)
+        encoded = tf.constant([path.read_bytes() for path in files])
+        read = {"evaluate (Keras)": [names[i] for i in evaluated],
+                "SavedModel serving_default": [
+                    names[i] for i in served(images=encoded)["digit"].numpy()],
+                "CLI predict": [result["text"] for result in predict(files, run_dir)]}
+        extra = Path(version_dir) / export_lib.EXTRA_DIR
+        config = {"input": "pixels", "output": "probabilities"}
+        for variant in export_lib.TFLITE_VARIANTS:
+            on_phone = LiteRTModel(extra / f"{APP}_{variant}.tflite").signature(TFLITE_SIGNATURE)
+            read[f"LiteRT {variant}"] = [
+                litert.read_digits(on_phone, config, digit_frames.read_grayscale(path), names)[0]
+                for path in files]
+    return [{"app": APP, "path": path, "figure": "test accuracy",
+             "value": float(np.mean([text == names[label] for text, label in zip(texts, labels)])),
+             "examples": len(labels)} for path, texts in read.items()]
 
 
 def demo(model_base: Path = MODEL_BASE) -> dict:

@@ -18,6 +18,13 @@ FRAME_SIZE = 28  # MNIST's frame ...
 DIGIT_BOX = 20  # ... with the digit fitted into a 20x20 box inside it
 MODEL_SIZE = 32  # LeNet-5's input: the frame with a 2-pixel border
 INK_LEVEL = 0.25  # share of the brightest ink above which a pixel counts for the bounding box
+# Where MNIST puts a digit's centre of mass: pixel (14, 14) of the 28x28 frame (its test digits
+# average 13.99, 14.01), half a pixel off the frame's geometric middle.
+FRAME_CENTRE = FRAME_SIZE / 2
+# A 28x28 picture whose ink (above INK_LEVEL) has a longer side of min_box..DIGIT_BOX pixels and
+# whose centre of mass is within centre_tolerance of FRAME_CENTRE is an MNIST frame already, and is
+# not refitted: framing it again would move its pixels (bench/README.md, "Serving skew").
+ALREADY_FRAMED = {"min_box": 14, "centre_tolerance": 1.0}
 
 
 def check_image_file(path: Path) -> None:
@@ -39,38 +46,52 @@ def read_grayscale(path: Path) -> np.ndarray:
         return np.asarray(image.convert("L"))
 
 
+def centre_of_mass(frame: np.ndarray) -> tuple[float, float]:
+    mass = frame.sum() + 1e-6
+    return ((frame.sum(axis=1) * np.arange(frame.shape[0])).sum() / mass,
+            (frame.sum(axis=0) * np.arange(frame.shape[1])).sum() / mass)
+
+
 def mnist_frame(gray: np.ndarray) -> np.ndarray:
     """Any grey-level digit picture [H, W] -> uint8 [28, 28], light ink on black, MNIST-framed.
 
-    Inverts dark-on-light pictures, removes the background level, stretches the contrast, fits
-    the ink's bounding box into 20x20 (aspect kept) in the middle of 28x28, then shifts the
-    frame so the ink's centre of mass is at its centre.
+    Inverts dark-on-light pictures, removes the paper's level, stretches the contrast. A
+    picture that is an MNIST frame already (ALREADY_FRAMED) is kept as it is; any other has the
+    ink's bounding box fitted into 20x20 (aspect kept) in the middle of 28x28, then the frame
+    shifted so that the ink's centre of mass is where MNIST puts it.
     """
     image = gray.astype(np.float32)
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     if border.mean() > image.mean():  # paper is brighter than ink
         image, border = 255.0 - image, 255.0 - border
-    image = np.maximum(image - border.mean(), 0.0)
+    # The paper's level: the border's median, which ink touching the edge does not move.
+    image = np.maximum(image - np.sort(border)[border.size // 2], 0.0)
     image *= 255.0 / max(float(image.max()), 1e-3)
 
     rows = np.flatnonzero((image > INK_LEVEL * 255.0).any(axis=1))
     cols = np.flatnonzero((image > INK_LEVEL * 255.0).any(axis=0))
+    if rows.size and image.shape == (FRAME_SIZE, FRAME_SIZE):
+        longer_side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+        centre = centre_of_mass(image)
+        if (ALREADY_FRAMED["min_box"] <= longer_side <= DIGIT_BOX
+                and max(abs(c - FRAME_CENTRE) for c in centre)
+                <= ALREADY_FRAMED["centre_tolerance"]):
+            return np.clip(np.round(image), 0, 255).astype(np.uint8)
     if rows.size:
         image = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     height, width = image.shape
     scale = DIGIT_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     digit = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    digit = digit * (255.0 / max(float(digit.max()), 1e-3))  # as resampled ink is softer
     frame = np.zeros((FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
     top, left = (FRAME_SIZE - size[1]) // 2, (FRAME_SIZE - size[0]) // 2
     frame[top : top + size[1], left : left + size[0]] = digit
 
-    mass = frame.sum() + 1e-6
-    middle = (FRAME_SIZE - 1) / 2.0
     margin = (FRAME_SIZE - DIGIT_BOX) // 2
-    centre = [(frame.sum(axis=1) * np.arange(FRAME_SIZE)).sum() / mass,
-              (frame.sum(axis=0) * np.arange(FRAME_SIZE)).sum() / mass]
-    shift = np.clip(np.round([middle - centre[0], middle - centre[1]]), -margin, margin)
+    centre = centre_of_mass(frame)
+    shift = np.clip(np.round([FRAME_CENTRE - centre[0], FRAME_CENTRE - centre[1]]),
+                    -margin, margin)
     frame = np.roll(frame, shift.astype(int), axis=(0, 1))
     return np.clip(np.round(frame), 0, 255).astype(np.uint8)
 
@@ -136,3 +157,9 @@ def segment_digits(gray: np.ndarray) -> list[np.ndarray]:
     return crops
 
 
+def digit_pictures(gray: np.ndarray) -> list[np.ndarray]:
+    """What to frame and read in a picture [H, W]: the whole picture [H, W, 1] when it holds one
+    digit, as the SavedModel's `serving_default` reads every picture, else one crop per digit,
+    left to right (`segment_digits`); [] when there is no ink."""
+    crops = segment_digits(gray)
+    return [gray.astype(np.float32)[..., None]] if len(crops) == 1 else crops

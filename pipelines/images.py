@@ -25,7 +25,9 @@ import tensorflow as tf
 
 from pipelines import DataError
 from pipelines.digit_frames import (
+    ALREADY_FRAMED,
     DIGIT_BOX,
+    FRAME_CENTRE,
     FRAME_SIZE,
     INK_LEVEL,
     MODEL_SIZE,
@@ -66,8 +68,11 @@ def mnist_normalize(image: tf.Tensor) -> tf.Tensor:
     """Brings any grey-level digit image [H, W, 1] to the MNIST frame, the way MNIST was made.
 
     Dark-on-light images are inverted; the background level is removed and the contrast
-    stretched; the ink's bounding box is fitted into a 20x20 box (aspect kept) inside the 28x28
-    frame; the frame is then shifted so that the centre of mass of the ink sits at its centre.
+    stretched. A picture that is already an MNIST frame (`digit_frames.ALREADY_FRAMED`: 28x28,
+    its ink fitted into the 20x20 box, its centre of mass at the middle) is kept as it is, so an
+    MNIST digit, or one this function framed, comes back unchanged. Any other picture has its
+    ink's bounding box fitted into 20x20 (aspect kept) inside the 28x28 frame, and the frame is
+    shifted so that the ink's centre of mass sits where MNIST puts it.
     Works on any input size, in eager code, in `tf.data` maps and inside a SavedModel graph.
     Returns uint8 [28, 28, 1]. `digit_frames.mnist_frame` is the same in numpy, for LiteRT.
     """
@@ -79,7 +84,8 @@ def mnist_normalize(image: tf.Tensor) -> tf.Tensor:
     dark_on_light = tf.reduce_mean(border) > tf.reduce_mean(image)
     image = tf.where(dark_on_light, 255.0 - image, image)
     border = tf.where(dark_on_light, 255.0 - border, border)
-    image = tf.nn.relu(image - tf.reduce_mean(border))
+    # The paper's level: the border's median, which ink touching the edge does not move.
+    image = tf.nn.relu(image - tf.sort(border)[tf.size(border) // 2])
     image = image * (255.0 / tf.maximum(tf.reduce_max(image), 1e-3))
 
     ink = image[:, :, 0] > INK_LEVEL * 255.0
@@ -90,22 +96,40 @@ def mnist_normalize(image: tf.Tensor) -> tf.Tensor:
     bottom = tf.cond(has_ink, lambda: tf.reduce_max(rows) + 1, lambda: tf.shape(image, tf.int64)[0])
     left = tf.cond(has_ink, lambda: tf.reduce_min(cols), lambda: tf.constant(0, tf.int64))
     right = tf.cond(has_ink, lambda: tf.reduce_max(cols) + 1, lambda: tf.shape(image, tf.int64)[1])
-    digit = image[top:bottom, left:right, :]
 
-    digit = tf.image.resize_with_pad(digit, DIGIT_BOX, DIGIT_BOX, antialias=True)
-    margin = (FRAME_SIZE - DIGIT_BOX) // 2
-    frame = tf.pad(digit, [[margin, margin], [margin, margin], [0, 0]])
+    def centre_of_mass(frame):  # (row, column)
+        mass = tf.reduce_sum(frame) + 1e-6
+        rows_grid = tf.range(tf.shape(frame)[0], dtype=tf.float32)
+        cols_grid = tf.range(tf.shape(frame)[1], dtype=tf.float32)
+        return (tf.reduce_sum(tf.reduce_sum(frame, axis=[1, 2]) * rows_grid) / mass,
+                tf.reduce_sum(tf.reduce_sum(frame, axis=[0, 2]) * cols_grid) / mass)
 
-    mass = tf.reduce_sum(frame) + 1e-6
-    grid = tf.range(FRAME_SIZE, dtype=tf.float32)
-    centre_row = tf.reduce_sum(tf.reduce_sum(frame, axis=[1, 2]) * grid) / mass
-    centre_col = tf.reduce_sum(tf.reduce_sum(frame, axis=[0, 2]) * grid) / mass
-    middle = (FRAME_SIZE - 1) / 2.0
-    # The shift never exceeds the margin, so rolling cannot wrap ink around the edge.
-    shift = tf.clip_by_value(
-        tf.cast(tf.round([middle - centre_row, middle - centre_col]), tf.int32), -margin, margin
-    )
-    frame = tf.roll(frame, shift=shift, axis=[0, 1])
+    size = tf.shape(image)
+    longer_side = tf.maximum(bottom - top, right - left)
+    centre = centre_of_mass(image)
+    framed = (has_ink & tf.equal(size[0], FRAME_SIZE) & tf.equal(size[1], FRAME_SIZE)
+              & (longer_side >= ALREADY_FRAMED["min_box"]) & (longer_side <= DIGIT_BOX)
+              & (tf.abs(centre[0] - FRAME_CENTRE) <= ALREADY_FRAMED["centre_tolerance"])
+              & (tf.abs(centre[1] - FRAME_CENTRE) <= ALREADY_FRAMED["centre_tolerance"]))
+
+    def refit():
+        digit = tf.image.resize_with_pad(image[top:bottom, left:right, :], DIGIT_BOX, DIGIT_BOX,
+                                         antialias=True)
+        # Resampling softens the darkest ink: stretched again, so that framing the result
+        # once more leaves it as it is.
+        digit = digit * (255.0 / tf.maximum(tf.reduce_max(digit), 1e-3))
+        margin = (FRAME_SIZE - DIGIT_BOX) // 2
+        frame = tf.pad(digit, [[margin, margin], [margin, margin], [0, 0]])
+        centre_row, centre_col = centre_of_mass(frame)
+        # The shift never exceeds the margin, so rolling cannot wrap ink around the edge.
+        shift = tf.clip_by_value(tf.cast(tf.round(
+            [FRAME_CENTRE - centre_row, FRAME_CENTRE - centre_col]), tf.int32), -margin, margin)
+        return tf.roll(frame, shift=shift, axis=[0, 1])
+
+    if image.shape[:2].is_fully_defined() and image.shape[:2] != (FRAME_SIZE, FRAME_SIZE):
+        frame = refit()  # known not to be a frame when the graph is built
+    else:
+        frame = tf.cond(framed, lambda: tf.reshape(image, [FRAME_SIZE, FRAME_SIZE, 1]), refit)
     return tf.cast(tf.clip_by_value(tf.round(frame), 0.0, 255.0), tf.uint8)
 
 

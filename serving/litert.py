@@ -80,24 +80,33 @@ def _dequantize(values: np.ndarray, details: dict) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def read_digits(runner: SignatureRunner, config: dict, picture: np.ndarray,
+                labels: list[str]) -> tuple[str, list[float]]:
+    """`mnist_digits`: the digits in a grey picture [H, W] and a confidence for each. A picture
+    of one digit is framed whole, as the SavedModel does; a row of digits is cut into one crop
+    per digit; each is framed the MNIST way."""
+    from pipelines import digit_frames
+
+    crops = digit_frames.digit_pictures(picture)
+    if not crops:
+        return "", []
+    frames = np.stack([digit_frames.mnist_frame(crop[..., 0]) for crop in crops])
+    probabilities = runner(**{config["input"]: digit_frames.model_input(frames)})
+    probabilities = probabilities[config["output"]]
+    return ("".join(labels[i] for i in probabilities.argmax(axis=1)),
+            [float(p) for p in probabilities.max(axis=1)])
+
+
 def read_digit_images(runner: SignatureRunner, config: dict, files: list[Path],
                       labels: list[str]) -> list[str]:
-    """`mnist_digits`: each picture is segmented into digits, each framed the MNIST way."""
     from pipelines import digit_frames
 
     pictures = [digit_frames.read_grayscale(path) for path in files]  # all checked up front
     lines = []
     for path, picture in zip(files, pictures):
-        crops = digit_frames.segment_digits(picture)
-        if not crops:
-            lines.append(f"{path}: (no digits found)")
-            continue
-        frames = np.stack([digit_frames.mnist_frame(crop[..., 0]) for crop in crops])
-        probabilities = runner(**{config["input"]: digit_frames.model_input(frames)})
-        probabilities = probabilities[config["output"]]
-        text = "".join(labels[i] for i in probabilities.argmax(axis=1))
-        confidences = " ".join(f"{p:.2f}" for p in probabilities.max(axis=1))
-        lines.append(f"{path}: {text}  [{confidences}]")
+        text, confidences = read_digits(runner, config, picture, labels)
+        shown = " ".join(f"{p:.2f}" for p in confidences)
+        lines.append(f"{path}: {text}  [{shown}]" if text else f"{path}: (no digits found)")
     return lines
 
 

@@ -215,6 +215,20 @@ def test_predict_reads_multi_digit_images_of_held_out_digits(trained_run, digits
     assert all(0.0 < c <= 1.0 for r in results for c in r["confidences"])
 
 
+def test_every_served_path_reads_the_test_digits_as_evaluate_scores_them(trained_run, exported):
+    """The skew check: the test digits as PNG files through the SavedModel, `predict` and the
+    LiteRT runner read as the evaluated model reads them."""
+    _, report = exported
+    figures = {row["path"]: row["value"]
+               for row in digit_ocr.served_figures(Path(report["saved_model"]), trained_run)}
+    evaluated = figures.pop("evaluate (Keras)")
+    assert evaluated == json.loads((trained_run / "metrics.json").read_text())["test_accuracy"]
+    for path in ("SavedModel serving_default", "CLI predict", "LiteRT float32"):
+        assert figures[path] == evaluated, (path, figures)
+    for path in ("LiteRT float16", "LiteRT dynamic", "LiteRT int8"):  # quantised weights
+        assert abs(figures[path] - evaluated) <= 0.01, (path, figures)
+
+
 # --- bad input: one line, exit status 2 -------------------------------------------------------
 
 

@@ -56,11 +56,14 @@ def test_digits_split_is_fixed_disjoint_and_complete(digits):
 def test_digits_are_mnist_framed(digits):
     frames = np.stack([x.numpy() for x, _ in digits.train.take(200)]).astype(float)
     assert frames.shape[1:] == (28, 28, 1)
-    # Light ink on black, nothing in the 4-pixel margin except what centring moved there.
-    assert frames[:, :2].max() == 0 and frames[:, -2:].max() == 0
-    mass = frames[..., 0].sum(axis=(0, 2))
-    centre = (mass * np.arange(28)).sum() / mass.sum()
-    assert abs(centre - 13.5) < 1.0
+    # Light ink on black: the top rows empty (centring moves a digit down, towards MNIST's
+    # centre, more often than up), the ink's centre of mass where MNIST puts it, (14, 14).
+    assert frames[:, :2].max() == 0
+    assert frames[:, -2:].mean() < 0.01 * frames.mean()
+    for axis in (1, 2):
+        mass = frames[..., 0].sum(axis=axis)  # [digits, 28]
+        centres = (mass * np.arange(28)).sum(axis=1) / mass.sum(axis=1)
+        assert np.abs(centres - 14.0).max() <= 0.5
 
 
 def test_batches_feed_lenet(digits):
