@@ -18,10 +18,12 @@ has it most often). On the generated scenes the held-out images show combination
 seen in training (`pipelines.shape_scenes`). Export writes a SavedModel whose `serving_default`
 takes encoded image bytes and returns the caption, and `.tflite` files with an `encode` and a
 `decode_step` signature (batch 1, builtin ops) whose greedy loop runs in numpy on LiteRT.
+`served_figures` is the skew check: the held-out images through every served path, BLEU-4 each.
 """
 
 import argparse
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,8 @@ from models.captioner import (
     UNITS,
     Captioner,
     build_model,
+    lite_archive,
+    serving_archive,
 )
 from models.sequence_training import (
     MaskedAccuracy,
@@ -361,58 +365,11 @@ def caption(paths: list[Path], run_dir: Path | None = None, beam_width: int = BE
 # ---------------------------------------------------------------------------------------------
 
 
-def serving_archive(captioner: Captioner, beam_width: int = BEAM_WIDTH,
-                    alpha: float = ALPHA) -> keras.export.ExportArchive:
-    """`serving_default`: encoded image bytes [batch] -> caption (string) and score; decoding,
-    resizing, beam search and detokenisation all run in the graph."""
-    archive = keras.export.ExportArchive()
-    archive.track(captioner.model)
-
-    def serve(images):
-        return captioner.caption_bytes(images, beam_width, alpha)
-
-    archive.add_endpoint("serving_default", serve,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    return archive
-
-
 TFLITE_SIGNATURES = ("encode", "decode_step")
 # No full-int8 variant: as for the translator, TF 2.21's converter is not reliable calibrating a
 # two-signature RNN model; "dynamic" (int8 weights, float activations) is the small one.
 LITE_VARIANTS = ("float32", "float16", "dynamic")
 LITE_CHECK_IMAGES = 20  # held-out images decoded by LiteRT and Keras, token for token
-
-
-def lite_archive(captioner: Captioner) -> keras.export.ExportArchive:
-    """`encode` and `decode_step` with a fixed batch of 1: LiteRT runs the LSTM step with
-    builtin ops, and the decoding loop runs outside, in numpy (`serving.litert_captioning`)."""
-    archive = keras.export.ExportArchive()
-    archive.track(captioner.model)
-    size, units = captioner.image_size, captioner.decoder.units
-    memory, _, _, _ = captioner.encode(tf.zeros([1, size, size, 3], tf.uint8))
-    regions, width = memory.shape[1], memory.shape[2]
-
-    def encode(image):  # uint8 [1, S, S, 3]
-        memory, keys, mask, state = captioner.encode(image)
-        return {"memory": memory, "keys": keys, "region_mask": mask,
-                "state_0": state[0], "state_1": state[1]}
-
-    def decode_step(token, memory, keys, region_mask, state_0, state_1):
-        log_probs, state, weights = captioner.decode_step(token, [state_0, state_1], memory,
-                                                          keys, region_mask)
-        return {"log_probs": log_probs, "attention": weights,
-                "state_0": state[0], "state_1": state[1]}
-
-    archive.add_endpoint("encode", encode, input_signature=[
-        tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
-    archive.add_endpoint("decode_step", decode_step, input_signature=[
-        tf.TensorSpec([1], tf.int32, name="token"),
-        tf.TensorSpec([1, regions, width], tf.float32, name="memory"),
-        tf.TensorSpec([1, regions, units], tf.float32, name="keys"),
-        tf.TensorSpec([1, regions], tf.float32, name="region_mask"),
-        tf.TensorSpec([1, units], tf.float32, name="state_0"),
-        tf.TensorSpec([1, units], tf.float32, name="state_1")])
-    return archive
 
 
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False,
@@ -454,6 +411,46 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
     if not quiet:
         runner.print_export(report)
     return report
+
+
+def served_figures(version_dir: Path, run_dir: Path | None = None, examples: int | None = None
+                   ) -> list[dict]:
+    """The held-out images `evaluate` scores, sent as a user sends them (the files themselves,
+    or the generated scenes as PNG files), through every served path: held-out BLEU-4 per path,
+    evaluate's first. The LiteRT runner decodes greedily: it is beside Keras' greedy decode."""
+    from PIL import Image
+
+    from serving.litert_captioning import CaptionLiteRT, read_image
+
+    run = find_run(run_dir)
+    captioner = load_captioner(run.path)
+    test = held_out_data(run).test
+    count = len(test) if examples is None else min(examples, len(test))
+    references = test.references[:count]
+    images = caption_data.image_array(test.images[:count], captioner.image_size)
+    served = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    beam, greedy = f"test BLEU-4 (beam {BEAM_WIDTH})", "test BLEU-4 (greedy)"
+    with tempfile.TemporaryDirectory() as folder:
+        if isinstance(test.images, np.ndarray):
+            files = [Path(folder, f"{i:05d}.png") for i in range(count)]
+            for path, image in zip(files, test.images):
+                Image.fromarray(image).save(path)
+        else:
+            files = [Path(path) for path in test.images[:count]]
+        encoded = [path.read_bytes() for path in files]
+        read = {("evaluate (Keras)", beam): captioner.captions(images),
+                ("SavedModel serving_default", beam): [
+                    text.decode() for start in range(0, count, 256) for text in served(
+                        images=tf.constant(encoded[start : start + 256]))["caption"].numpy()],
+                ("CLI caption", beam): caption(files, run.path),
+                ("Keras greedy", greedy): captioner.captions(images, 1, 0.0)}
+        for variant in LITE_VARIANTS:
+            lite = CaptionLiteRT(Path(version_dir, export_lib.EXTRA_DIR, f"{APP}_{variant}.tflite"))
+            read[f"LiteRT {variant}", greedy] = [lite.caption(read_image(path, lite.size))
+                                                 for path in files]
+    return [{"app": APP, "path": path, "figure": figure,
+             "value": bleu_scores(texts, references)["bleu4"], "examples": count}
+            for (path, figure), texts in read.items()]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ an autoencoder's detection peaks and then falls while its reconstruction loss st
 """
 
 import argparse
+import csv
 import dataclasses
+import json
+import tempfile
 from pathlib import Path
 
 import keras
@@ -30,6 +33,7 @@ import tensorflow as tf
 from apps import runner
 from apps.runner import UsageError
 from models import anomaly
+from models.anomaly import STANDARDIZED_SIGNATURE
 from pipelines import DataError, tabular
 from serving import export as export_lib
 from serving.litert_fraud import input_name, score_rows, standardize
@@ -383,7 +387,6 @@ def predict(path: Path, output: Path, run_dir: Path | None = None, quiet: bool =
 # ---------------------------------------------------------------------------------------------
 
 
-STANDARDIZED_SIGNATURE = "score_standardized"
 # Which signature each .tflite variant runs. Full-int8 quantisation gives a tensor one scale:
 # raw columns (seconds up to a week beside shares below 1) cannot share one, and even one
 # scale per column loses card testing's minute-long gaps in a 40-minute step. The int8 model
@@ -391,38 +394,11 @@ STANDARDIZED_SIGNATURE = "score_standardized"
 TFLITE_SIGNATURES = {"float32": "serving_default", "int8": STANDARDIZED_SIGNATURE}
 
 
-def serving_archive(detector: anomaly.AnomalyDetector, schema: tabular.Schema,
-                    threshold: float) -> keras.export.ExportArchive:
-    """Two endpoints, both returning `score` and `is_anomaly` (score > the baked threshold):
-
-    - `serving_default`: one float32 [batch] input per raw feature column, named after it.
-      Named columns are what a TF Serving client has: `{"instances": [{"amount_ratio": 4.2,
-      "hour": 3.5, ...}]}` is a CSV row as JSON, without knowing the model's column order.
-    - `score_standardized`: `features` float32 [batch, features], already log-transformed and
-      standardised (what the int8 .tflite takes).
-    """
-    names = [input_name(f) for f in schema.features]
-    archive = keras.export.ExportArchive()
-    archive.track(detector)
-
-    def serve(columns):
-        rows = tf.stack([columns[name] for name in names], axis=1)  # [batch, features]
-        scores = detector(rows, training=False)
-        return {"score": scores, "is_anomaly": scores > threshold}
-
-    def serve_standardized(features):
-        scores = detector.score_standardized(features)
-        return {"score": scores, "is_anomaly": scores > threshold}
-
-    archive.add_endpoint(
-        "serving_default", serve,
-        input_signature=[{name: tf.TensorSpec([None], tf.float32, name=name) for name in names}],
-    )
-    archive.add_endpoint(
-        STANDARDIZED_SIGNATURE, serve_standardized,
-        input_signature=[tf.TensorSpec([None, len(names)], tf.float32, name="features")],
-    )
-    return archive
+def serving_archive(detector: anomaly.AnomalyDetector, schema: tabular.Schema, threshold: float,
+                    calibration: np.ndarray | None = None) -> keras.export.ExportArchive:
+    """`anomaly.serving_archive` with one input per column of `schema`, named by `input_name`."""
+    return anomaly.serving_archive(detector, [input_name(f) for f in schema.features], threshold,
+                                   calibration)
 
 
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False) -> dict:
@@ -450,7 +426,7 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
                 "flags_as_keras": float((flags == (keras_scores > threshold)).mean())}
 
     report = export_lib.write_version(
-        Path(model_base) / APP, serving_archive(detector, schema, threshold),
+        Path(model_base) / APP, serving_archive(detector, schema, threshold, calibration),
         assets={
             "schema.json": {
                 **schema.to_json(), "inputs": [input_name(f) for f in schema.features],
@@ -484,6 +460,47 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         print(f"\nSavedModel (serving_default: {len(schema.features)} named float inputs ->"
               f" score, is_anomaly) and .tflite files in {report['saved_model']}")
     return report
+
+
+def served_figures(version_dir: Path, run_dir: Path | None = None) -> list[dict]:
+    """The test rows as a user has them, a CSV file with the data's column names, through every
+    served path beside what `evaluate` scores on the same rows: one row per path and figure
+    (the skew check), each path's flags as it flags."""
+    detector, run = load_run(run_dir)
+    test, features = load_data(run).test, run["schema"]["features"]
+    if test.labels is None:
+        raise DataError(f"{run['data']}: no label column, so there is nothing to measure")
+    names, extra = [input_name(f) for f in features], Path(version_dir) / export_lib.EXTRA_DIR
+    evaluated = anomaly.score(detector, test.features)
+    paths = {"evaluate (Keras)": (evaluated, evaluated > run["threshold"])}
+    with tempfile.TemporaryDirectory() as folder:
+        rows_csv, scored_csv = Path(folder, "rows.csv"), Path(folder, "scored.csv")
+        tabular.write_table_csv(rows_csv, test)
+        with open(rows_csv, newline="") as handle:  # a TF Serving request: rows as JSON
+            request = json.dumps({"instances": [{name: float(row[f]) for name, f in
+                                                 zip(names, features)}
+                                                for row in csv.DictReader(handle)]})
+        instances = json.loads(request)["instances"]
+        columns = {name: np.array([row[name] for row in instances], "float32") for name in names}
+        served = tf.saved_model.load(str(version_dir)).signatures["serving_default"](
+            **{name: tf.constant(column) for name, column in columns.items()})
+        paths["SavedModel serving_default"] = (served["score"].numpy(),
+                                               served["is_anomaly"].numpy())
+        predict(rows_csv, scored_csv, run_dir, quiet=True)
+        with open(scored_csv, newline="") as handle:
+            scored = list(csv.DictReader(handle))
+        paths["CLI predict"] = (np.array([float(row["score"]) for row in scored]),
+                                np.array([row["is_anomaly"] == "1" for row in scored]))
+    scaling = json.loads((extra / "schema.json").read_text())["scaling"]
+    rows = np.stack([columns[name] for name in names], axis=1)  # a phone's float32 rows
+    for variant in TFLITE_VARIANTS:
+        paths[f"LiteRT {variant}"] = score_rows(extra / f"{APP}_{variant}.tflite",
+                                                TFLITE_SIGNATURES[variant], rows, features,
+                                                scaling)
+    return [{"app": APP, "path": path, "figure": figure, "value": value, "examples": len(test)}
+            for path, (scores, flags) in paths.items()
+            for figure, value in anomaly.served_figures(test.labels, scores, flags, evaluated,
+                                                        run["threshold"]).items()]
 
 
 def demo(model_base: Path = MODEL_BASE) -> dict:

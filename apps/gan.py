@@ -49,7 +49,7 @@ EPOCHS = 60  # on the embedded digits: 19 steps an epoch (timing: bench/README.m
 BATCH_SIZE = 64  # per replica
 STEPS_PER_EXECUTION = 8  # several steps per call into the graph when on one device
 
-GRID_ROWS = 10  # the fixed-noise sample sheet: 10 x 10 images (cGAN: one row per digit)
+GRID_ROWS = dcgan.GRID_ROWS  # the fixed-noise sample sheet: 10 x 10 images
 EVALUATION_SAMPLES = 1_000
 EVALUATOR_EPOCHS = {"small": 30, "large": 8}  # LeNet-5: <= 10,000 training images, or more
 EVALUATION_SEED = 2024
@@ -114,17 +114,6 @@ def gan_batches(split: tf.data.Dataset, global_batch: int,
     )
 
 
-def sheet(frames: np.ndarray, columns: int, scale: int = 2, gap: int = 2) -> np.ndarray:
-    """uint8 frames [N, 28, 28, 1] tiled in rows of `columns`, grey gaps, enlarged `scale`x."""
-    rows = -(-len(frames) // columns)
-    cell = dcgan.IMAGE_SIZE + gap
-    canvas = np.full((rows * cell + gap, columns * cell + gap), 96, dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        top, left = gap + (i // columns) * cell, gap + (i % columns) * cell
-        canvas[top : top + dcgan.IMAGE_SIZE, left : left + dcgan.IMAGE_SIZE] = frame[..., 0]
-    return np.kron(canvas, np.ones((scale, scale), dtype=np.uint8))
-
-
 def write_png(pixels: np.ndarray, path: Path) -> None:
     """A grey PNG written under a temporary name and renamed: never half a file at `path`."""
     from PIL import Image
@@ -134,16 +123,6 @@ def write_png(pixels: np.ndarray, path: Path) -> None:
     os.replace(partial, path)
 
 
-def fixed_grid_inputs(conditional: bool, latent_dim: int = dcgan.LATENT_DIM):
-    """The sample sheet's z (and y): the same every epoch, so the PNGs show training progress.
-    cGAN: row r asks for digit r, and each column keeps its z across rows (one style per column)."""
-    rng = np.random.default_rng(dcgan.SEED)
-    if not conditional:
-        return rng.standard_normal((GRID_ROWS * GRID_ROWS, latent_dim)).astype(np.float32), None
-    styles = rng.standard_normal((GRID_ROWS, latent_dim)).astype(np.float32)
-    return np.tile(styles, (GRID_ROWS, 1)), np.repeat(np.arange(GRID_ROWS), GRID_ROWS)
-
-
 class EpochSamples(keras.callbacks.Callback):
     """After each epoch: samples/epoch_NNN.png from fixed noise, and the generator saved as
     generator.keras (the last trained model is what `generate`, `evaluate` and `export` use)."""
@@ -151,13 +130,14 @@ class EpochSamples(keras.callbacks.Callback):
     def __init__(self, run_dir: Path, conditional: bool):
         super().__init__()
         self.run_dir = run_dir
-        self.noise, self.labels = fixed_grid_inputs(conditional)
+        self.noise, self.labels = dcgan.fixed_grid_inputs(conditional)
 
     def on_epoch_end(self, epoch, logs=None):
         generator = self.model.generator
         frames = dcgan.sample_frames(generator, self.noise, self.labels)
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        write_png(sheet(frames, GRID_ROWS), self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
+        write_png(dcgan.sheet(frames, GRID_ROWS),
+                  self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
         partial = self.run_dir / ".generator.partial.keras"  # `save` wants the .keras suffix
         generator.save(partial)
         os.replace(partial, self.run_dir / "generator.keras")
@@ -200,8 +180,8 @@ def train(config: TrainConfig | None = None) -> dict:
                     validation_data=gan_batches(dataset.validation, run.global_batch,
                                                 config.seed),
                     monitor=None, callbacks=[EpochSamples(run.path, config.model == "cgan")])
-    noise, labels = fixed_grid_inputs(config.model == "cgan")
-    write_png(sheet(dcgan.sample_frames(gan.generator, noise, labels), GRID_ROWS),
+    noise, labels = dcgan.fixed_grid_inputs(config.model == "cgan")
+    write_png(dcgan.sheet(dcgan.sample_frames(gan.generator, noise, labels), GRID_ROWS),
               run.path / "samples.png")
 
     figures = evaluate(run.path, evaluator=config.evaluator, quiet=True) | {"steps": steps}
@@ -247,37 +227,26 @@ def evaluator_lenet(run_dir: Path, data: str, evaluator: Path | None,
     return digit_ocr.load_run(own)[0], own
 
 
-class Judge:
-    """LeNet-5 as the judge: F6 features (84, the penultimate layer) and class predictions."""
-
-    def __init__(self, lenet: keras.Model):
-        self.classifier = lenet
-        self.features = keras.Model(lenet.input, lenet.get_layer("F6").output)
-
-    def embed(self, frames: np.ndarray) -> np.ndarray:
-        pixels = image_data.to_model_input(frames).numpy()
-        return dcgan.infer(self.features, pixels)
-
-    def classify(self, frames: np.ndarray) -> np.ndarray:
-        pixels = image_data.to_model_input(frames).numpy()
-        return dcgan.infer(self.classifier, pixels).argmax(axis=1)
+def judged_run(run_dir: Path | None = None, evaluator: Path | None = None):
+    """What `evaluate` reads: the run's directory, generator, run.json, data, judge and where
+    the judge's LeNet-5 lives (the given one, else run.json's, else the run's own)."""
+    run_dir = find_run(run_dir).path
+    generator, run = load_generator(run_dir)
+    if evaluator is None and run.get("evaluator"):
+        evaluator = Path(run["evaluator"])
+    dataset = image_data.load_image_dataset(run["data"])
+    lenet, evaluator_dir = evaluator_lenet(run_dir, run["data"], evaluator,
+                                           image_data.count(dataset.train))
+    return run_dir, generator, run, dataset, dcgan.Judge(lenet), evaluator_dir
 
 
 def evaluate(run_dir: Path | None = None, evaluator: Path | None = None,
              samples: int = EVALUATION_SAMPLES, quiet: bool = False) -> dict:
     """The generator of a run against the test split of its data; evaluation.json and a table."""
-    run_dir = find_run(run_dir).path
-    generator, run = load_generator(run_dir)
     if samples < 100:
         raise UsageError(f"--samples {samples}: at least 100, ten or more per class")
-    if evaluator is None and run.get("evaluator"):
-        evaluator = Path(run["evaluator"])
-    dataset = image_data.load_image_dataset(run["data"])
-    train_size = image_data.count(dataset.train)
-    lenet, evaluator_dir = evaluator_lenet(run_dir, run["data"], evaluator, train_size)
-    judge = Judge(lenet)
-    num_classes, latent_dim = dataset.num_classes, run["latent_dim"]
-    rng = np.random.default_rng(EVALUATION_SEED)
+    run_dir, generator, run, dataset, judge, evaluator_dir = judged_run(run_dir, evaluator)
+    num_classes = dataset.num_classes
 
     # The real test split, as uint8 frames, in two halves: A is the reference, B the real
     # images a perfect generator would be indistinguishable from.
@@ -288,9 +257,10 @@ def evaluate(run_dir: Path | None = None, evaluator: Path | None = None,
     frames, labels = np.concatenate(frames), np.concatenate(labels)
     reference = judge.embed(frames[0::2])
     real_b, labels_b = frames[1::2], labels[1::2]
+    draws = dcgan.evaluation_draws(np.random.default_rng(EVALUATION_SEED), run["latent_dim"],
+                                   num_classes, len(real_b), samples, run["model"] == "cgan")
 
-    def frechet(model: keras.Model) -> float:  # as many samples as half B, with B's labels
-        noise = rng.standard_normal((len(real_b), latent_dim)).astype(np.float32)
+    def frechet(model: keras.Model, noise) -> float:  # as many samples as half B, B's labels
         generated = dcgan.sample_frames(model, noise, labels_b)
         return dcgan.frechet_distance(judge.embed(generated), reference)
 
@@ -301,21 +271,20 @@ def evaluate(run_dir: Path | None = None, evaluator: Path | None = None,
         "data": run["data"],
         "evaluator": str(evaluator_dir),
         "evaluator_test_accuracy": float((judge.classify(frames) == labels).mean()),
-        "frechet_lenet": frechet(generator),
+        "frechet_lenet": frechet(generator, draws["frechet"]),
         "frechet_floor_real_vs_real": dcgan.frechet_distance(judge.embed(real_b), reference),
-        "frechet_untrained_generator": frechet(untrained),
+        "frechet_untrained_generator": frechet(untrained, draws["frechet_untrained"]),
         "frechet_images_per_set": int(len(real_b)),
     }
     if run["model"] == "cgan":
-        asked = np.arange(samples) % num_classes
-        noise = rng.standard_normal((samples, latent_dim)).astype(np.float32)
+        noise, asked = draws["asked"]
         read = judge.classify(dcgan.sample_frames(generator, noise, asked))
         figures["label_accuracy"] = float((read == asked).mean())
         figures["label_accuracy_per_class"] = {
             name: float((read[asked == c] == c).mean())
             for c, name in enumerate(dataset.class_names)
         }
-    predicted = judge.classify(dcgan.unconditional_frames(generator, samples, num_classes, rng))
+    predicted = judge.classify(dcgan.sample_frames(generator, *draws["unconditional"]))
     figures["mode_coverage"] = dcgan.mode_coverage(predicted, num_classes)
     runner.write_json(run_dir / "evaluation.json", figures)
     if not quiet:
@@ -394,7 +363,7 @@ def generate(output: Path, count: int = 100, digit: int | None = None, grid: boo
     stem = run["model"] + (f"_{class_names[digit]}" if digit is not None else "")
     if grid:
         path = output / f"{stem}_grid.png"
-        write_png(sheet(frames, GRID_ROWS, scale=1), path)
+        write_png(dcgan.sheet(frames, GRID_ROWS, scale=1), path)
         return [path]
     paths = []
     for i, frame in enumerate(tqdm(frames, desc="PNG", disable=count < 500)):
@@ -410,36 +379,7 @@ def generate(output: Path, count: int = 100, digit: int | None = None, grid: boo
 
 TFLITE_VARIANTS = ("float32", "float16")  # int8 would need a calibrated noise range; not here
 CHECK_SAMPLES = 64  # generated with the same z by Keras and by each .tflite file
-
-
-def serving_archive(generator: keras.Model, conditional: bool) -> keras.export.ExportArchive:
-    """`serving_default`: noise (and label) -> uint8 images; `generate_png`: -> PNG bytes."""
-    archive = keras.export.ExportArchive()
-    archive.track(generator)
-    latent_dim = generator.inputs[0].shape[-1]
-    noise_spec = tf.TensorSpec([None, latent_dim], tf.float32, name="noise")
-    label_spec = tf.TensorSpec([None], tf.int32, name="label")
-
-    def draw(noise, label=None):
-        inputs = [noise, label] if conditional else noise
-        return dcgan.to_frames(generator(inputs, training=False))  # uint8 [N, 28, 28, 1]
-
-    def pngs(frames):
-        return tf.map_fn(tf.io.encode_png, frames, fn_output_signature=tf.string)
-
-    # The server sends outputs named *_bytes as {"b64": ...}, as TensorFlow Serving does.
-    if conditional:
-        archive.add_endpoint("serving_default", lambda noise, label: {"images": draw(noise, label)},
-                             input_signature=[noise_spec, label_spec])
-        archive.add_endpoint("generate_png",
-                             lambda noise, label: {"png_bytes": pngs(draw(noise, label))},
-                             input_signature=[noise_spec, label_spec])
-    else:
-        archive.add_endpoint("serving_default", lambda noise: {"images": draw(noise)},
-                             input_signature=[noise_spec])
-        archive.add_endpoint("generate_png", lambda noise: {"png_bytes": pngs(draw(noise))},
-                             input_signature=[noise_spec])
-    return archive
+serving_archive = dcgan.serving_archive  # tests/test_models.py builds it by this name
 
 
 def tflite_frames(path: Path, noise: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -483,6 +423,73 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
     if not quiet:
         runner.print_export(report)
     return report
+
+
+def served_figures(version_dir: Path, run_dir: Path | None = None,
+                   samples: int = EVALUATION_SAMPLES) -> list[dict]:
+    """The skew check. A generator's held-out examples are `evaluate`'s draws: the same noise
+    (and labels) go through each served path, the images are read back as a user gets them
+    (uint8 frames, PNG bytes, PNG files) and judged by the same LeNet-5. One row per path and
+    figure: label accuracy (cGAN), mode coverage, most grey levels off Keras. The CLI draws its
+    own noise (`generate --seed`): it is scored beside `evaluate`'s measure on that noise."""
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    run_dir, generator, run, dataset, judge, _ = judged_run(run_dir)
+    conditional, num_classes = run["model"] == "cgan", dataset.num_classes
+    draws = dcgan.evaluation_draws(np.random.default_rng(EVALUATION_SEED), run["latent_dim"],
+                                   num_classes, image_data.count(dataset.test) // 2, samples,
+                                   conditional)
+    inputs = {name: draws[name] for name in ("asked", "unconditional") if name in draws}
+    expected = {name: dcgan.sample_frames(generator, *zy) for name, zy in inputs.items()}
+
+    def rows(path: str, frames: dict, keras_frames: dict, asked: np.ndarray | None) -> list:
+        figures = {}
+        if conditional:
+            figures["label accuracy"] = float((judge.classify(frames["asked"]) == asked).mean())
+        figures["mode coverage"] = dcgan.mode_coverage(judge.classify(frames["unconditional"]),
+                                                       num_classes)["covered"]
+        figures["max grey levels off Keras"] = max(
+            int(np.abs(frames[name].astype(np.int16) - keras_frames[name]).max())
+            for name in frames)
+        return [{"app": APP, "path": path, "figure": figure, "value": value,
+                 "examples": samples} for figure, value in figures.items()]
+
+    def read_pngs(encoded) -> np.ndarray:  # bytes or files
+        return np.stack([np.asarray(Image.open(io.BytesIO(png) if isinstance(png, bytes)
+                                               else png)) for png in encoded])[..., None]
+
+    asked = draws["asked"][1] if conditional else None
+    signatures = tf.saved_model.load(str(version_dir)).signatures
+    extra = Path(version_dir) / export_lib.EXTRA_DIR
+    served = {"evaluate (Keras)": expected}  # path -> draw -> uint8 frames
+    for name, (z, y) in inputs.items():
+        request = {"noise": tf.constant(z)} | ({"label": tf.constant(y)} if conditional else {})
+        for signature, output in (("serving_default", "images"), ("generate_png", "png_bytes")):
+            frames = signatures[signature](**request)[output].numpy()
+            served.setdefault(f"SavedModel {signature}", {})[name] = \
+                frames if output == "images" else read_pngs(frames)
+        for variant in TFLITE_VARIANTS:
+            model_file = extra / f"{APP}_{run['model']}_{variant}.tflite"
+            served.setdefault(f"LiteRT {variant}", {})[name] = tflite_frames(model_file, z, y)
+    table = [row for path, frames in served.items() for row in rows(path, frames, expected, asked)]
+
+    # The CLI: PNG files named for the digit asked, from the noise `--seed` draws.
+    with tempfile.TemporaryDirectory() as folder:
+        main(["generate", "--run-dir", str(run_dir), "--seed", str(EVALUATION_SEED),
+              "--count", str(samples), "--output", folder])
+        files = sorted(Path(folder).glob("*.png"), key=lambda path: path.stem[-4:])
+        pngs = read_pngs(files)
+    cli_asked = np.array([run["class_names"].index(path.stem[len(run["model"]) + 1 : -5])
+                          for path in files]) if conditional else None
+    noise = np.random.default_rng(EVALUATION_SEED).standard_normal((samples, run["latent_dim"]))
+    keras_frames = dcgan.sample_frames(generator, noise.astype(np.float32), cli_asked)
+    same = {"asked": keras_frames, "unconditional": keras_frames}
+    return table + rows("evaluate (Keras), generate's noise", same, same, cli_asked) + rows(
+        f"CLI generate --seed {EVALUATION_SEED}", {"asked": pngs, "unconditional": pngs}, same,
+        cli_asked)
 
 
 def demo(model_base: Path = MODEL_BASE) -> dict:

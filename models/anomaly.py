@@ -81,8 +81,9 @@ class LogColumns(keras.layers.Layer):
 
     def call(self, rows):
         mask = ops.convert_to_tensor(self.mask, dtype=rows.dtype)
-        # Arithmetic instead of a select: plain element-wise ops quantise cleanly to int8.
-        return rows + mask * (ops.log1p(ops.relu(rows)) - rows)
+        # Exactly log1p (mask 1) or the row (mask 0), as numpy's `litert_fraud.standardize`:
+        # x + (log1p(x) - x) would round log1p to x's float32 spacing (0.06 near a week).
+        return rows * (1.0 - mask) + mask * ops.log1p(ops.relu(rows))
 
     def get_config(self):
         return {**super().get_config(), "mask": self.mask}
@@ -367,3 +368,67 @@ def detection_figures(labels: np.ndarray, scores: np.ndarray, threshold: float) 
         "rows": int(len(labels)),
         "anomalies": int(labels.sum()),
     }
+
+
+def served_figures(labels: np.ndarray, scores: np.ndarray, flags: np.ndarray,
+                   evaluated: np.ndarray, threshold: float) -> dict:
+    """What a served path's `scores` and `flags` of the test rows measure, beside `evaluated`,
+    evaluate's scores of the same rows (the skew check): the figures of `detection_figures`,
+    F1 from the path's own flags, and how far its flags and scores are from evaluate's."""
+    figures = detection_figures(labels, scores, threshold)
+    return {"test ROC-AUC": figures["roc_auc"], "test PR-AUC": figures["pr_auc"],
+            "test F1 at the threshold": detection_figures(labels, flags.astype("float32"),
+                                                          0.5)["f1"],
+            "flags as evaluate's": float((flags == (evaluated > threshold)).mean()),
+            "largest |score - evaluate's|": float(np.abs(scores - evaluated).max())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------
+
+STANDARDIZED_SIGNATURE = "score_standardized"
+
+
+def serving_archive(detector: AnomalyDetector, input_names: list[str], threshold: float,
+                    calibration: np.ndarray | None = None) -> keras.export.ExportArchive:
+    """Two endpoints, both returning `score` and `is_anomaly` (score > the baked threshold):
+
+    - `serving_default`: one float32 [batch] input per raw feature column, `input_names` in the
+      detector's column order. Named columns are what a TF Serving client has:
+      `{"instances": [{"amount_ratio": 4.2, "hour": 3.5, ...}]}` is a CSV row as JSON, without
+      knowing the model's column order.
+    - `score_standardized`: `features` float32 [batch, features], already log-transformed and
+      standardised (what the int8 .tflite takes, calibrated on the rows `calibration`).
+
+    `score_standardized` flags in a unit that makes the calibrated score range 64 wide: TFLite
+    compares int8 tensors in real units rounded to 1/256 and needs a scale below 1, which a
+    score whose range (0 included) spans more than 255 does not have (the VAE's and the RBM's
+    on ULB's rows): it would flag nothing.
+    """
+    unit = 1.0
+    if calibration is not None:
+        scores = detector.score_standardized(calibration).numpy()
+        unit = max(float(np.ptp(np.r_[scores, 0.0])), 1e-6) / 64
+    archive = keras.export.ExportArchive()
+    archive.track(detector)
+
+    def serve(columns):
+        rows = tf.stack([columns[name] for name in input_names], axis=1)  # [batch, features]
+        scores = detector(rows, training=False)
+        return {"score": scores, "is_anomaly": scores > threshold}
+
+    def serve_standardized(features):
+        scores = detector.score_standardized(features)
+        return {"score": scores, "is_anomaly": scores * (1 / unit) > threshold / unit}
+
+    archive.add_endpoint(
+        "serving_default", serve,
+        input_signature=[{name: tf.TensorSpec([None], tf.float32, name=name)
+                          for name in input_names}],
+    )
+    archive.add_endpoint(
+        STANDARDIZED_SIGNATURE, serve_standardized,
+        input_signature=[tf.TensorSpec([None, len(input_names)], tf.float32, name="features")],
+    )
+    return archive

@@ -18,6 +18,8 @@ queries the regions) written for the translator; decoding is `layers.beam_search
 
 `ImageEncoder` can also take a `keras.applications` backbone (frozen, weights from a local file)
 in place of the small CNN trained from scratch; its last feature map gives the regions.
+`serving_archive` and `lite_archive` are what `apps.captioning export` writes: the SavedModel's
+`serving_default` (image bytes in, caption out) and the LiteRT `encode` / `decode_step` pair.
 """
 
 import keras
@@ -224,3 +226,50 @@ class Captioner(EncoderDecoderSearch):
         caption_in = tf.constant([[text_pairs.START, *output_ids[:-1]]], tf.int32)
         _, weights = self.decoder(caption_in, memory, mask, state, return_attention=True)
         return np.asarray(weights)[0]
+
+
+def serving_archive(captioner: Captioner, beam_width: int = BEAM_WIDTH,
+                    alpha: float = ALPHA) -> keras.export.ExportArchive:
+    """`serving_default`: encoded image bytes [batch] -> caption (string) and score; decoding,
+    resizing, beam search and detokenisation all run in the graph."""
+    archive = keras.export.ExportArchive()
+    archive.track(captioner.model)
+
+    def serve(images):
+        return captioner.caption_bytes(images, beam_width, alpha)
+
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    return archive
+
+
+def lite_archive(captioner: Captioner) -> keras.export.ExportArchive:
+    """`encode` and `decode_step` with a fixed batch of 1: LiteRT runs the LSTM step with
+    builtin ops, and the decoding loop runs outside, in numpy (`serving.litert_captioning`)."""
+    archive = keras.export.ExportArchive()
+    archive.track(captioner.model)
+    size, units = captioner.image_size, captioner.decoder.units
+    memory, _, _, _ = captioner.encode(tf.zeros([1, size, size, 3], tf.uint8))
+    regions, width = memory.shape[1], memory.shape[2]
+
+    def encode(image):  # uint8 [1, S, S, 3]
+        memory, keys, mask, state = captioner.encode(image)
+        return {"memory": memory, "keys": keys, "region_mask": mask,
+                "state_0": state[0], "state_1": state[1]}
+
+    def decode_step(token, memory, keys, region_mask, state_0, state_1):
+        log_probs, state, weights = captioner.decode_step(token, [state_0, state_1], memory,
+                                                          keys, region_mask)
+        return {"log_probs": log_probs, "attention": weights,
+                "state_0": state[0], "state_1": state[1]}
+
+    archive.add_endpoint("encode", encode, input_signature=[
+        tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
+    archive.add_endpoint("decode_step", decode_step, input_signature=[
+        tf.TensorSpec([1], tf.int32, name="token"),
+        tf.TensorSpec([1, regions, width], tf.float32, name="memory"),
+        tf.TensorSpec([1, regions, units], tf.float32, name="keys"),
+        tf.TensorSpec([1, regions], tf.float32, name="region_mask"),
+        tf.TensorSpec([1, units], tf.float32, name="state_0"),
+        tf.TensorSpec([1, units], tf.float32, name="state_1")])
+    return archive

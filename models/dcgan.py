@@ -1,5 +1,6 @@
 """DCGAN and a conditional GAN on 28x28 digits: the two networks, the adversarial game as a
-`keras.Model`, sampling, and the measures of a generator (Frechet distance, mode coverage).
+`keras.Model`, sampling, the measures of a generator (Frechet distance, mode coverage, the
+LeNet-5 judge) and the serving signatures.
 
 A generative adversarial network (Goodfellow et al., 2014) trains two networks against each
 other. The generator G turns a noise vector z ~ N(0, I) into an image; the discriminator D reads
@@ -36,6 +37,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from pipelines import images as image_data
+
 MODELS = ("dcgan", "cgan")
 LATENT_DIM = 100  # Radford et al.'s z
 FILTERS = 64  # the generator's last and the discriminator's first convolution; the other is 2x
@@ -47,6 +50,7 @@ INIT_STDDEV = 0.02
 SEED = 42
 IMAGE_SIZE = 28  # the MNIST frame; images in [-1, 1], the range of the generator's tanh
 COVERAGE_MIN_SHARE = 0.025  # a class counts as covered with a quarter of its fair 10% share
+GRID_ROWS = 10  # the fixed-noise sample sheet: 10 x 10 images (cGAN: one row per digit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +306,54 @@ def sample_frames(generator: keras.Model, noise: np.ndarray,
     return to_frames(infer(generator, inputs))
 
 
+def unconditional_frames(generator: keras.Model, count: int, num_classes: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """What the generator draws when nobody asks for a digit (cGAN: uniformly random labels)."""
+    noise = rng.standard_normal((count, generator.inputs[0].shape[-1])).astype(np.float32)
+    labels = rng.integers(0, num_classes, count) if len(generator.inputs) == 2 else None
+    return sample_frames(generator, noise, labels)
+
+
+def fixed_grid_inputs(conditional: bool, latent_dim: int = LATENT_DIM):
+    """The sample sheet's z (and y): the same every epoch, so the PNGs show training progress.
+    cGAN: row r asks for digit r, and each column keeps its z across rows (one style per column)."""
+    rng = np.random.default_rng(SEED)
+    if not conditional:
+        return rng.standard_normal((GRID_ROWS * GRID_ROWS, latent_dim)).astype(np.float32), None
+    styles = rng.standard_normal((GRID_ROWS, latent_dim)).astype(np.float32)
+    return np.tile(styles, (GRID_ROWS, 1)), np.repeat(np.arange(GRID_ROWS), GRID_ROWS)
+
+
+def evaluation_draws(rng: np.random.Generator, latent_dim: int, num_classes: int,
+                     held_out: int, samples: int, conditional: bool) -> dict:
+    """The inputs an evaluation draws from `rng`, in its order: z for the Frechet distance of
+    the trained and of the untrained generator (`held_out` each), (z, y) with every class in
+    turn for the label accuracy (cGAN), and the unconditional draw (z, uniform y or None) for
+    mode coverage. `apps.gan` evaluates on these and sends the same ones through each served path.
+    """
+    def noise(count):
+        return rng.standard_normal((count, latent_dim)).astype(np.float32)
+
+    draws = {"frechet": noise(held_out), "frechet_untrained": noise(held_out)}
+    if conditional:
+        draws["asked"] = (noise(samples), np.arange(samples, dtype=np.int32) % num_classes)
+    z = noise(samples)  # then y: what unconditional_frames draws
+    draws["unconditional"] = (z, rng.integers(0, num_classes, samples).astype(np.int32)
+                              if conditional else None)
+    return draws
+
+
+def sheet(frames: np.ndarray, columns: int, scale: int = 2, gap: int = 2) -> np.ndarray:
+    """uint8 frames [N, 28, 28, 1] tiled in rows of `columns`, grey gaps, enlarged `scale`x."""
+    rows = -(-len(frames) // columns)
+    cell = IMAGE_SIZE + gap
+    canvas = np.full((rows * cell + gap, columns * cell + gap), 96, dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        top, left = gap + (i // columns) * cell, gap + (i % columns) * cell
+        canvas[top : top + IMAGE_SIZE, left : left + IMAGE_SIZE] = frame[..., 0]
+    return np.kron(canvas, np.ones((scale, scale), dtype=np.uint8))
+
+
 # ---------------------------------------------------------------------------------------------
 # Measuring a generator: Frechet distance between feature sets, mode coverage
 # ---------------------------------------------------------------------------------------------
@@ -331,9 +383,54 @@ def mode_coverage(predicted: np.ndarray, num_classes: int = 10) -> dict:
             "counts": counts.tolist(), "passed": covered == num_classes}
 
 
-def unconditional_frames(generator: keras.Model, count: int, num_classes: int,
-                         rng: np.random.Generator) -> np.ndarray:
-    """What the generator draws when nobody asks for a digit (cGAN: uniformly random labels)."""
-    noise = rng.standard_normal((count, generator.inputs[0].shape[-1])).astype(np.float32)
-    labels = rng.integers(0, num_classes, count) if len(generator.inputs) == 2 else None
-    return sample_frames(generator, noise, labels)
+class Judge:
+    """LeNet-5 as the judge: F6 features (84, the penultimate layer) and class predictions."""
+
+    def __init__(self, lenet: keras.Model):
+        self.classifier = lenet
+        self.features = keras.Model(lenet.input, lenet.get_layer("F6").output)
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        pixels = image_data.to_model_input(frames).numpy()
+        return infer(self.features, pixels)
+
+    def classify(self, frames: np.ndarray) -> np.ndarray:
+        pixels = image_data.to_model_input(frames).numpy()
+        return infer(self.classifier, pixels).argmax(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving: the generator behind TF Serving's signatures
+# ---------------------------------------------------------------------------------------------
+
+
+def serving_archive(generator: keras.Model, conditional: bool) -> keras.export.ExportArchive:
+    """`serving_default`: noise (and label) -> uint8 images; `generate_png`: -> PNG bytes. The
+    images are `to_frames` of the generator's output in the graph, as `sample_frames` makes
+    them in numpy (tests/test_gan.py keeps the two equal)."""
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    latent_dim = generator.inputs[0].shape[-1]
+    noise_spec = tf.TensorSpec([None, latent_dim], tf.float32, name="noise")
+    label_spec = tf.TensorSpec([None], tf.int32, name="label")
+
+    def draw(noise, label=None):
+        inputs = [noise, label] if conditional else noise
+        return to_frames(generator(inputs, training=False))  # uint8 [N, 28, 28, 1]
+
+    def pngs(frames):
+        return tf.map_fn(tf.io.encode_png, frames, fn_output_signature=tf.string)
+
+    # The server sends outputs named *_bytes as {"b64": ...}, as TensorFlow Serving does.
+    if conditional:
+        archive.add_endpoint("serving_default", lambda noise, label: {"images": draw(noise, label)},
+                             input_signature=[noise_spec, label_spec])
+        archive.add_endpoint("generate_png",
+                             lambda noise, label: {"png_bytes": pngs(draw(noise, label))},
+                             input_signature=[noise_spec, label_spec])
+    else:
+        archive.add_endpoint("serving_default", lambda noise: {"images": draw(noise)},
+                             input_signature=[noise_spec])
+        archive.add_endpoint("generate_png", lambda noise: {"png_bytes": pngs(draw(noise))},
+                             input_signature=[noise_spec])
+    return archive

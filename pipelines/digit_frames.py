@@ -160,6 +160,8 @@ def segment_digits(gray: np.ndarray) -> list[np.ndarray]:
 def digit_pictures(gray: np.ndarray) -> list[np.ndarray]:
     """What to frame and read in a picture [H, W]: the whole picture [H, W, 1] when it holds one
     digit, as the SavedModel's `serving_default` reads every picture, else one crop per digit,
-    left to right (`segment_digits`); [] when there is no ink."""
+    left to right (`segment_digits`); [] when there is no ink. A picture of MNIST's 28x28 is one
+    digit: cutting it would read a digit written in two strokes as two."""
     crops = segment_digits(gray)
-    return [gray.astype(np.float32)[..., None]] if len(crops) == 1 else crops
+    whole = crops and (len(crops) == 1 or gray.shape == (FRAME_SIZE, FRAME_SIZE))
+    return [gray.astype(np.float32)[..., None]] if whole else crops

@@ -293,7 +293,9 @@ def write_scored_csv(path: Path, output: Path, schema: Schema,
                 for chunk in read_csv_chunks(path, schema, chunk_rows):
                     scores = score(chunk.features)
                     flags = scores > threshold
-                    writer.writerows([*row, f"{s:.6g}", int(f)]
+                    # Each score in the fewest digits that read back to it (float32: 9 at
+                    # most): the file ranks rows as the model does.
+                    writer.writerows([*row, str(s), int(f)]
                                      for row, s, f in zip(chunk.rows, scores, flags))
                     rows += len(scores)
                     flagged += int(flags.sum())
@@ -305,6 +307,23 @@ def write_scored_csv(path: Path, output: Path, schema: Schema,
         Path(temporary).unlink(missing_ok=True)
         raise
     return rows, flagged
+
+
+def write_table_csv(path: Path, table: Table) -> None:
+    """`table`'s rows as a CSV file a user would have: its schema's column names (time, the
+    features, label), each float32 feature in the fewest digits that read back to it."""
+    schema = table.schema
+    header, cells = list(schema.features), [[str(v) for v in column] for column in table.features.T]
+    if table.times is not None:
+        header.insert(0, schema.time)
+        cells.insert(0, [repr(float(t)) for t in table.times])
+    if table.labels is not None:
+        header.append(schema.label)
+        cells.append([str(int(label)) for label in table.labels])
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(zip(*cells))
 
 
 def read_ucr(path: Path, normal_classes: tuple[int, ...] = (1,)) -> Table:

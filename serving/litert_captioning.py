@@ -13,8 +13,10 @@ of 1 (what keeps the LSTM in builtin ops):
 
 The greedy decoding loop runs here: encode once, then feed each predicted token back until
 `[end]`. `litert.json` beside the model gives the image size, the special ids, the longest caption
-and the vocabulary file. Images are resized with Pillow (the SavedModel resizes with TensorFlow,
-so a photo not already S x S can differ by a rounding of some pixels).
+and the vocabulary file. Images are decoded with Pillow and resized by `resize`, numpy's copy of
+the SavedModel's `tf.image.resize(..., antialias=True)`, bit for bit: the model sees the same
+pixels on a phone as in the graph (`tests/test_captioning.py` checks it on the scenes and on
+Flickr8k's photos).
 """
 
 import argparse
@@ -26,6 +28,63 @@ import numpy as np
 
 from pipelines import DataError
 from serving.litert import LiteRTModel
+
+
+def spans(output_size: int, input_size: int) -> tuple[list[int], list[np.ndarray]]:
+    """Where each output pixel reads along one axis, and with what weights: TensorFlow's
+    ScaleAndTranslate (triangle kernel, antialiased) computed in the same float32 steps."""
+    f32 = np.float32
+    inverse_scale = f32(1.0 / np.float64(f32(output_size) / f32(input_size)))
+    kernel_scale = max(inverse_scale, f32(1.0))  # wider when shrinking: the antialiasing
+    one_over_kernel_scale = f32(1.0) / kernel_scale
+    starts, weights = [], []
+    for x in range(output_size):
+        sample = f32(x + 0.5) * inverse_scale
+        start = min(max(int(np.ceil(sample - kernel_scale - f32(0.5))), 0), input_size - 1)
+        end = min(max(int(np.floor(sample + kernel_scale - f32(0.5))), 0), input_size - 1) + 1
+        distance = np.abs((f32(np.arange(start, end)) + f32(0.5) - sample)
+                          * one_over_kernel_scale)
+        w = np.where(distance < 1, f32(1.0) - distance, f32(0.0)).astype(f32)
+        total = f32(0.0)
+        for value in w:  # summed in order, as TensorFlow does
+            total = total + value
+        starts.append(start)
+        weights.append(w * (f32(1.0) / total))
+    return starts, weights
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, C] -> uint8 [size, size, C], equal to `tf.image.resize(image, [size, size],
+    antialias=True)` rounded half to even and clipped (`pipelines.captions.resize`): rows first,
+    then columns, each output a float32 sum in the same order."""
+    pixels = image.astype(np.float32)
+    for axis in (0, 1):
+        starts, weights = spans(size, pixels.shape[axis])
+        moved = np.moveaxis(pixels, axis, 0)
+        out = np.zeros((size, *moved.shape[1:]), np.float32)
+        for i, (start, w) in enumerate(zip(starts, weights)):
+            for j, weight in enumerate(w):
+                out[i] = out[i] + weight * moved[start + j]
+        pixels = np.moveaxis(out, 0, axis)
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """An image file -> uint8 [size, size, 3], the pixels the SavedModel's graph gives its bytes
+    (`pipelines.captions.decode_image`): Pillow decodes JPEG with the accurate integer DCT and
+    drops an alpha channel, as the graph does; of 16-bit grey the graph keeps the high byte."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode.startswith("I;16"):
+                grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+                pixels = np.repeat(grey[..., None], 3, axis=2)
+            else:
+                pixels = np.asarray(image.convert("RGB"), np.uint8)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: unreadable image ({error})") from None
+    return resize(pixels, size)
 
 
 class CaptionLiteRT:
@@ -43,14 +102,7 @@ class CaptionLiteRT:
         self.step = model.signature("decode_step")
 
     def read_image(self, path: Path) -> np.ndarray:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-                return np.asarray(image, np.uint8)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: unreadable image ({error})") from None
+        return read_image(path, self.size)
 
     def greedy_ids(self, image: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
         """uint8 [S, S, 3] -> token ids up to and including [end], and each step's attention."""

@@ -151,6 +151,25 @@ def test_litert_matches_keras_greedy_token_for_token_without_tensorflow(exported
     assert b"Flex" not in content  # builtin ops only
 
 
+def test_every_served_path_reproduces_evaluates_bleu_on_the_held_out_scenes(trained, exported,
+                                                                            data):
+    """The skew check: the held-out scenes as PNG files through serving_default, `caption` and
+    the LiteRT runner. The beam-search paths give evaluate's BLEU-4 exactly; the LiteRT runner
+    decodes greedily and gives Keras' greedy figure: float32 exactly, float16 and the int8
+    weights of "dynamic" within a point (a rare token flips)."""
+    run_dir, metrics = trained
+    rows = captioning.served_figures(exported[0], run_dir)
+    print(*rows, sep="\n")  # shown when it fails
+    value = {row["path"]: row["value"] for row in rows}
+    assert rows[0]["path"] == "evaluate (Keras)" and rows[0]["value"] == metrics["bleu4"]
+    assert {row["examples"] for row in rows} == {len(data.test)}
+    assert value["SavedModel serving_default"] == value["CLI caption"] == metrics["bleu4"]
+    assert value["LiteRT float32"] == value["Keras greedy"]
+    for variant in ("float16", "dynamic"):
+        assert value[f"LiteRT {variant}"] == pytest.approx(value["Keras greedy"], abs=1.0)
+    assert value["Keras greedy"] >= 70
+
+
 def test_caption_command_prints_one_caption_per_image(trained, captioner, data, tmp_path,
                                                      capsys):
     paths = []

@@ -1,14 +1,21 @@
 """Caption data: the generated shape scenes (compositional captions, held-out combinations) and
-the Flickr8k / COCO loaders on small fixtures built here with the real file layouts."""
+the Flickr8k / COCO loaders on small fixtures built here with the real file layouts; the LiteRT
+runner reads image files into the pixels the SavedModel's graph gives their bytes (the scenes,
+and Flickr8k's photos when ../shared/data holds them)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from pipelines import DataError, shape_scenes
 from pipelines import captions as caption_data
+from serving import litert_captioning
+
+FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 
 pytestmark = pytest.mark.fast  # the edit-test tier: make test-fast
 
@@ -148,3 +155,43 @@ def test_neither_layout_is_a_clear_error(tmp_path):
         caption_data.load(str(tmp_path / "nothing.txt"))
     with pytest.raises(DataError, match="no Flickr8k.token.txt"):
         caption_data.load(str(tmp_path))
+
+
+def graph_pixels(path: Path, size: int) -> np.ndarray:
+    """What the SavedModel, `caption` and `evaluate` make of an image file."""
+    return caption_data.decode_image(tf.constant(path.read_bytes()), size).numpy()
+
+
+def test_litert_runner_reads_the_scenes_as_the_graph_does(scenes, tmp_path):
+    """The held-out scenes as PNG files (as `served_figures` sends them), at the model's size and
+    resized (shrunk and enlarged), in the colour modes a user's file may have."""
+    paths = []
+    for i, image in enumerate(scenes["test"][0][:40]):
+        mode = ("RGB", "RGBA", "L", "P", "I;16")[i % 5]
+        picture = Image.fromarray(image)
+        picture = picture.convert("L").convert(mode) if mode == "I;16" else picture.convert(mode)
+        paths.append(tmp_path / f"{i:02d}_{mode.replace(';', '')}.png")
+        picture.save(paths[-1])
+    for size in (shape_scenes.IMAGE_SIZE, 40, 64, 17):
+        for path in paths:
+            np.testing.assert_array_equal(litert_captioning.read_image(path, size),
+                                          graph_pixels(path, size), err_msg=f"{path} at {size}")
+    # A scene at the model's size is read as it is, on both sides.
+    np.testing.assert_array_equal(litert_captioning.read_image(paths[0], 48), scenes["test"][0][0])
+    # The in-memory resize of `image_array` (a non-default --image-size) rounds as decode_image.
+    np.testing.assert_array_equal(caption_data.image_array(scenes["test"][0][:40:5], 40),
+                                  [graph_pixels(path, 40) for path in paths[::5]])  # the RGB ones
+
+
+def test_litert_runner_reads_flickr8k_photos_as_the_graph_does():
+    """Real JPEG photos (Flickr8k's test list): Pillow's decode and numpy's resize against
+    TensorFlow's, pixel for pixel, at the model's size and at another."""
+    listed = FLICKR8K / "Flickr_8k.testImages.txt"
+    if not listed.is_file():
+        pytest.skip(f"{FLICKR8K} is not here")
+    names = listed.read_text().split()[:60]
+    for name in names:
+        path = FLICKR8K / "Flicker8k_Dataset" / name
+        for size in (shape_scenes.IMAGE_SIZE, 96):
+            np.testing.assert_array_equal(litert_captioning.read_image(path, size),
+                                          graph_pixels(path, size), err_msg=f"{name} at {size}")

@@ -22,6 +22,7 @@ from serving import litert_fraud
 from serving.litert import LiteRTModel
 
 PROJECT = Path(__file__).resolve().parents[1]
+CREDITCARD = PROJECT.parent / "shared/data/creditcard-fraud-sample/creditcard_sample.csv"
 # Short schedules; the VAE's detection keeps improving for longer (its sampled loss is noisy).
 TEST_EPOCHS = {"autoencoder": 8, "vae": 20, "rbm": 8}
 
@@ -132,12 +133,8 @@ def test_vae_score_is_the_negative_elbo_at_the_posterior_mean(splits):
     rows = splits.test.features[:256]
     log_mask = np.array([name in schema.log_features for name in schema.features])
     logged = np.where(log_mask, np.log1p(np.maximum(rows, 0)), rows)
-    scale = np.sqrt(np.array(vae.variance))
-    z = (logged - np.array(vae.mean)) / scale
-    # The detector's log(1 + x) is x + (log1p(x) - x), which quantises cleanly to int8 but in
-    # float32 rounds a raw value x to its float32 spacing (0.06 near a week of seconds).
-    tolerance = np.where(log_mask, 2 ** -23 * np.abs(rows), 0) / scale + 1e-5
-    assert (np.abs(vae.standardize(rows).numpy() - z) <= tolerance).all()
+    z = (logged - np.array(vae.mean)) / np.sqrt(np.array(vae.variance))
+    np.testing.assert_allclose(vae.standardize(rows).numpy(), z, rtol=2e-6, atol=2e-6)
 
     z = z.astype("float32")
     code_mean, code_log_variance = np.split(np.tanh(z @ w1 + b1) @ w2 + b2, 2, axis=1)
@@ -333,6 +330,77 @@ def test_tflite_float32_and_int8_run_in_litert(runs, exported, splits):
     assert int8["roc_auc"] >= report["keras"]["roc_auc"] - 0.02, int8
     assert int8["pr_auc"] >= report["keras"]["pr_auc"] - 0.1, int8
     assert int8["flags_as_keras"] >= 0.98, int8
+
+
+def test_every_served_path_scores_the_test_rows_as_evaluate_does(runs, exported, splits):
+    """The skew check: the test split as a user's CSV file through serving_default (a TF Serving
+    client's JSON rows), `predict` and the LiteRT runner, beside evaluate's figures."""
+    _, report = exported
+    rows = fraud.served_figures(Path(report["saved_model"]), runs["autoencoder"])
+    value = {(row["path"], row["figure"]): row["value"] for row in rows}
+    evaluated = json.loads((runs["autoencoder"] / "evaluation.json").read_text())
+    assert rows[0]["path"] == "evaluate (Keras)" and {row["examples"] for row in rows} == {6_000}
+    assert value["evaluate (Keras)", "test PR-AUC"] == evaluated["pr_auc"]
+    figures = ("test ROC-AUC", "test PR-AUC", "test F1 at the threshold")
+    # The same float32 computation: the same figures, flags and (to float32 rounding) scores.
+    for path in ("SavedModel serving_default", "CLI predict", "LiteRT float32"):
+        for figure in figures:
+            assert value[path, figure] == value["evaluate (Keras)", figure], (path, figure)
+        assert value[path, "flags as evaluate's"] == 1.0, path
+        assert value[path, "largest |score - evaluate's|"] <= 1e-5, path
+    # int8 (README): the output scale saturates above the normals' scores, tying top frauds.
+    int8 = {figure: value["LiteRT int8", figure] - value["evaluate (Keras)", figure]
+            for figure in figures}
+    assert int8["test ROC-AUC"] >= -0.005 and int8["test PR-AUC"] >= -0.05, int8
+    assert abs(int8["test F1 at the threshold"]) <= 0.05, int8
+    assert value["LiteRT int8", "flags as evaluate's"] >= 0.99
+
+
+@pytest.mark.parametrize("data", ["embedded", "creditcard"])
+def test_numpy_standardisation_is_the_detectors_on_real_rows(data, splits):
+    """The LiteRT client's numpy scaling (the int8 model's input) and the detector's in-graph
+    log1p and standardisation agree to float32 rounding on every row of the data."""
+    if data == "creditcard":
+        if not CREDITCARD.is_file():
+            pytest.skip(f"{CREDITCARD} is not here")
+        splits = tabular.split(tabular.load_table(str(CREDITCARD)))
+    schema = splits.train.schema
+    detector = anomaly.build_detector("autoencoder", schema.features, schema.log_features,
+                                      splits.train.normals().features)
+    rows = np.concatenate([part.features for part in (splits.train, splits.validation,
+                                                      splits.test)])
+    scaling = {"log_mask": detector.log_mask, "mean": detector.mean,
+               "variance": detector.variance}
+    np.testing.assert_allclose(litert_fraud.standardize(rows, scaling),
+                               detector.standardize(rows).numpy(), rtol=2e-6, atol=2e-6)
+
+
+def test_int8_flags_follow_its_scores_when_they_span_more_than_255(splits, tmp_path):
+    """TFLite compares int8 tensors only below a scale of 1: scores spanning thousands (the VAE's
+    and the RBM's on ULB's rows) flagged nothing until the int8 endpoint flagged in a unit of
+    its calibrated range. Here an untrained autoencoder on tightly scaled rows scores so."""
+    from serving import export as export_lib
+
+    keras.utils.set_random_seed(0)
+    schema = splits.train.schema
+    base = anomaly.build_detector("autoencoder", schema.features, schema.log_features,
+                                  splits.train.normals().features)
+    detector = anomaly.Autoencoder.from_config(
+        {**base.get_config(), "variance": [v / 100 for v in base.variance]})
+    detector(splits.test.features[:1])  # creates the weights
+    scaling = {"log_mask": detector.log_mask, "mean": detector.mean,
+               "variance": detector.variance}
+    rows = litert_fraud.standardize(splits.test.features[:2_000], scaling)
+    scores = detector.score_standardized(rows).numpy()
+    threshold = float(np.percentile(scores, 90))
+    assert scores.max() > 255
+    fraud.serving_archive(detector, schema, threshold, rows[:500]).write_out(tmp_path / "1",
+                                                                              verbose=False)
+    int8 = export_lib.convert_to_tflite(tmp_path / "1", fraud.STANDARDIZED_SIGNATURE, "int8",
+                                        (row[None] for row in rows[:500]))
+    out = LiteRTModel(int8).signature(fraud.STANDARDIZED_SIGNATURE)(features=rows)
+    assert (out["is_anomaly"] == (out["score"] > threshold)).mean() >= 0.995
+    assert (out["is_anomaly"] == (scores > threshold)).mean() >= 0.99
 
 
 @pytest.mark.parametrize("failing", ["int8", "float32"])

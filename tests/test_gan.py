@@ -18,9 +18,11 @@ from PIL import Image
 
 from apps import backup, digit_ocr, gan, runner
 from models import dcgan
+from pipelines import images as image_data
 from serving.litert import LiteRTModel
 
 PROJECT = Path(__file__).resolve().parents[1]
+MNIST_TEST = PROJECT.parent / "shared/data/mnist/t10k-images-idx3-ubyte.gz"
 EPOCHS = 20  # 19 steps an epoch on the embedded digits: 380 rounds of D and G
 FILTERS = 32  # half the default width: the same architecture, twice as fast
 
@@ -44,7 +46,7 @@ def dcgan_run(trained_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def judge(trained_run):
-    return gan.Judge(digit_ocr.load_run(trained_run)[0])
+    return dcgan.Judge(digit_ocr.load_run(trained_run)[0])
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +229,57 @@ def test_tflite_generators_match_keras_in_litert(cgan_run, cgan_export):
     sizes = {v: cgan_export[v]["bytes"] for v in gan.TFLITE_VARIANTS}
     assert sizes["float16"] <= 0.55 * sizes["float32"]
     assert (extra / "labels.txt").read_text().split() == [str(d) for d in range(10)]
+
+
+# --- skew: every served path scores what evaluate scores ---------------------------------------
+
+
+def test_every_served_path_scores_what_evaluate_scores(cgan_run, cgan_export):
+    """evaluate's noise and labels through serving_default, generate_png and each LiteRT file,
+    and the CLI's PNG files, judged by the same LeNet-5 as evaluate judges its own images."""
+    run_dir, _ = cgan_run
+    rows = gan.served_figures(Path(cgan_export["saved_model"]), run_dir)
+    table = {(row["path"], row["figure"]): row["value"] for row in rows}
+    assert {row["examples"] for row in rows} == {gan.EVALUATION_SAMPLES}
+    evaluated = json.loads((run_dir / "evaluation.json").read_text())
+    assert table["evaluate (Keras)", "label accuracy"] == evaluated["label_accuracy"]
+    assert table["evaluate (Keras)", "mode coverage"] == evaluated["mode_coverage"]["covered"]
+    cli = f"CLI generate --seed {gan.EVALUATION_SEED}"
+    # (path, its reference, label accuracy within, grey levels off Keras at most)
+    for path, reference, tolerance, grey_levels in (
+        ("SavedModel serving_default", "evaluate (Keras)", 0.0, 1),
+        ("SavedModel generate_png", "evaluate (Keras)", 0.0, 1),
+        ("LiteRT float32", "evaluate (Keras)", 0.0, 1),
+        ("LiteRT float16", "evaluate (Keras)", 0.01, 8),  # float16 weights
+        (cli, "evaluate (Keras), generate's noise", 0.0, 0),
+    ):
+        served, expected = table[path, "label accuracy"], table[reference, "label accuracy"]
+        assert abs(served - expected) <= tolerance, (path, served, expected)
+        assert table[path, "mode coverage"] == table[reference, "mode coverage"], path
+        assert table[path, "max grey levels off Keras"] <= grey_levels, path
+
+
+@pytest.mark.parametrize("source", ["embedded", "mnist"])
+def test_frames_are_made_alike_in_numpy_and_in_the_graph(source, cgan_run, digits):
+    """`to_frames` runs in numpy for Keras' images (evaluate, generate) and in TensorFlow in the
+    SavedModel and .tflite graphs. On real digits scaled to the generator's [-1, 1] both give
+    the digits back; on the trained generator's outputs for evaluate's noise they agree."""
+    if source == "mnist":
+        if not MNIST_TEST.is_file():
+            pytest.skip("../shared/data/mnist is not here")
+        real = image_data.read_idx(MNIST_TEST, image_data.IDX_IMAGES_MAGIC)[..., None]
+        outputs = []
+    else:
+        real = np.stack([frame.numpy() for frame, _ in digits.test])
+        generator, _ = gan.load_generator(cgan_run[0])
+        draws = dcgan.evaluation_draws(np.random.default_rng(gan.EVALUATION_SEED),
+                                       dcgan.LATENT_DIM, 10, len(real) // 2, 1000, True)
+        outputs = [dcgan.infer(generator, list(draws[name])) for name in ("asked", "unconditional")]
+    scaled = dcgan.to_gan_input(real).numpy()
+    np.testing.assert_array_equal(dcgan.to_frames(scaled), real)
+    for images in [scaled, *outputs]:
+        np.testing.assert_array_equal(dcgan.to_frames(images),
+                                      dcgan.to_frames(tf.constant(images)).numpy())
 
 
 # --- generate ---------------------------------------------------------------------------------

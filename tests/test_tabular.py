@@ -88,6 +88,26 @@ def test_synthetic_csv_round_trip_keeps_its_schema(tmp_path):
     assert table.times is not None and len(table) == 2_000
 
 
+def test_a_table_written_as_csv_reads_back_as_the_same_rows_and_scores_exactly(tmp_path):
+    """What the fraud skew check sends: a table as a user's CSV file (its schema's names), and
+    `predict`'s scores written back in digits that read back to the same float32."""
+    for name, table in (("synthetic.csv", tabular.synthetic_table(3_000, seed=2)),
+                        ("ulb.csv", tabular.load_table(str(creditcard_csv(tmp_path / "cc.csv"))))):
+        path = tmp_path / name
+        tabular.write_table_csv(path, table)
+        again = tabular.load_table(str(path))
+        assert again.schema == table.schema
+        for part in ("features", "labels", "times"):
+            np.testing.assert_array_equal(getattr(again, part), getattr(table, part))
+    scores = np.random.default_rng(0).lognormal(0, 3, 3_000).astype("float32")
+    scored = tmp_path / "scored.csv"
+    tabular.write_scored_csv(tmp_path / "synthetic.csv", scored, tabular.SYNTHETIC,
+                             lambda rows: scores[: len(rows)], threshold=1.0, progress=False)
+    read = np.loadtxt(scored, delimiter=",", skiprows=1, usecols=(-2, -1))
+    np.testing.assert_array_equal(read[:, 0].astype("float32"), scores)
+    np.testing.assert_array_equal(read[:, 1], scores > 1.0)
+
+
 def test_ulb_schema_is_recognised_and_the_index_column_ignored(tmp_path):
     table = tabular.load_table(str(creditcard_csv(tmp_path / "cc.csv")))
     assert table.schema == tabular.CREDITCARD
