@@ -8,10 +8,11 @@ strings and run on phones.
     python -m apps.translation translate "ninety-seven" "Wednesday, May 9, 2018"
     python -m apps.translation translate --file sentences.txt
     python -m apps.translation export                      # -> saved_models/translation/<version>/
+    python -m bench.skew --apps translation                # served paths against evaluate
 
 The model (a bidirectional RNN encoder, an attention decoder, and the beam search that decodes
 with it) is defined in `models/seq2seq.py`. Here: the corpora, the runs, the held-out figures
-(sacreBLEU and chrF on a test split) and the exports.
+(sacreBLEU and chrF on a test split), the exports and the skew check (`served_figures`).
 """
 
 import argparse
@@ -28,7 +29,7 @@ from apps import runner
 from apps.runner import UsageError
 from layers.attention import ATTENTIONS, CELLS
 from models import seq2seq
-from models.seq2seq import ALPHA, BEAM_WIDTH, Translator
+from models.seq2seq import ALPHA, BEAM_WIDTH, Translator, lite_archive, serving_archive
 from models.sequence_training import in_float32
 from pipelines import DataError, number_corpus, text_pairs
 from serving import export as export_lib
@@ -200,13 +201,14 @@ def train(config: TrainConfig | None = None) -> dict:
 
 
 def load_translator(run_dir: Path | None = None) -> Translator:
-    """A run's best checkpoint with its vocabularies, decoding in float32."""
+    """A run's best checkpoint with its vocabularies, decoding in float32. Source text is
+    NFC-normalised in the graph (`text_pairs.nfc`), as `read_pairs` normalised the training text."""
     run = find_run(run_dir)
     model = in_float32(keras.saving.load_model(run.file("best.keras"), compile=False))
     config = run.config()
     source, target = (
         text_pairs.Tokenizer(text_pairs.read_vocabulary(run.path / f"{side}_vocab.txt"), split,
-                             config["lowercase"])
+                             config["lowercase"], normalize=side == "source")
         for side, split in zip(("source", "target"), config["splits"]))
     return Translator(model, source, target, config["max_output_length"])
 
@@ -307,11 +309,8 @@ def read_sentences(path: Path) -> list[str]:
 
 def translate(sentences: list[str], run_dir: Path | None = None, beam_width: int = BEAM_WIDTH,
               alpha: float = ALPHA) -> list[str]:
-    import unicodedata
-
-    translator = load_translator(run_dir)
-    sentences = [unicodedata.normalize("NFC", s) for s in sentences]
-    return translator.translate(sentences, beam_width, alpha)
+    """Translations of raw sentences (the translator NFC-normalises them in its graph)."""
+    return load_translator(run_dir).translate(sentences, beam_width, alpha)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,52 +323,16 @@ TFLITE_SIGNATURES = ("encode", "decode_step")
 LITE_VARIANTS = ("float32", "float16", "dynamic")
 
 
-def serving_archive(translator: Translator, beam_width: int = BEAM_WIDTH,
-                    alpha: float = ALPHA) -> keras.export.ExportArchive:
-    """`serving_default`: a batch of raw strings -> translations (string) and their scores.
-    Standardisation, vocabulary lookup, beam search and detokenisation all run in the graph."""
-    archive = keras.export.ExportArchive()
-    archive.track(translator.model)
-    archive.track(translator.source.layer)  # its lookup table
-
-    def serve(sentences):
-        return translator.translate_tensor(sentences, beam_width, alpha)
-
-    archive.add_endpoint("serving_default", serve,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
-    return archive
-
-
-def lite_archive(translator: Translator, source_length: int) -> keras.export.ExportArchive:
-    """`encode` and `decode_step` with fixed batch 1 and a static source length: LiteRT runs
-    the RNN loops with builtin ops, and the decoding loop runs outside, in numpy."""
-    archive = keras.export.ExportArchive()
-    archive.track(translator.model)
-    decoder = translator.decoder
-    memory_width, units = 2 * translator.encoder.units, decoder.units
-    states = decoder.state_count
-
-    def encode(source):  # int32 [1, S], 0-padded
-        memory, keys, mask, state = translator.encode(source)
-        return {"memory": memory, "keys": keys, "source_mask": mask,
-                **{f"state_{i}": s for i, s in enumerate(state)}}
-
-    def decode_step(token, memory, keys, source_mask, *state):
-        log_probs, state, weights = translator.decode_step(token, list(state), memory, keys,
-                                                           source_mask)
-        return {"log_probs": log_probs, "attention": weights,
-                **{f"state_{i}": s for i, s in enumerate(state)}}
-
-    archive.add_endpoint("encode", encode, input_signature=[
-        tf.TensorSpec([1, source_length], tf.int32, name="source")])
-    archive.add_endpoint("decode_step", decode_step, input_signature=[
-        tf.TensorSpec([1], tf.int32, name="token"),
-        tf.TensorSpec([1, source_length, memory_width], tf.float32, name="memory"),
-        tf.TensorSpec([1, source_length, units], tf.float32, name="keys"),
-        tf.TensorSpec([1, source_length], tf.float32, name="source_mask"),
-        *[tf.TensorSpec([1, units], tf.float32, name=f"state_{i}") for i in range(states)],
-    ])
-    return archive
+def text_config(splits: list[str], lowercase: bool) -> dict:
+    """litert.json's text part: how `serving.litert_seq2seq` turns sentences into ids and back,
+    the rules `text_pairs` applies with TensorFlow ops."""
+    return {
+        "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK, "start": text_pairs.START,
+                "end": text_pairs.END},
+        "source_vocab": "source_vocab.txt", "target_vocab": "target_vocab.txt",
+        "source_split": splits[0], "target_split": splits[1],
+        "lowercase": lowercase, "standardize": text_pairs.STANDARDIZE_RULES,
+    }
 
 
 def lite_config(translator: Translator, run: dict, source_length: int) -> dict:
@@ -379,11 +342,7 @@ def lite_config(translator: Translator, run: dict, source_length: int) -> dict:
         "source_length": source_length, "max_output_length": translator.max_output_length,
         "output_margin": seq2seq.OUTPUT_MARGIN,
         "states": translator.decoder.state_count,
-        "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK, "start": text_pairs.START,
-                "end": text_pairs.END},
-        "source_vocab": "source_vocab.txt", "target_vocab": "target_vocab.txt",
-        "source_split": run["splits"][0], "target_split": run["splits"][1],
-        "lowercase": run["lowercase"], "standardize": text_pairs.STANDARDIZE_RULES,
+        **text_config(run["splits"], run["lowercase"]),
     }
 
 
@@ -429,6 +388,53 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         print(f"serving_default: strings -> translations; sentences up to {source_length}"
               " tokens on LiteRT")
     return report
+
+
+REQUEST_SIZE = 32  # sentences a client sends serving_default at once in `served_figures`
+
+
+def served_figures(version_dir: Path, run_dir: Path | None = None, examples: int | None = None,
+                   unicode_form: str = "NFD") -> list[dict]:
+    """The skew check: the test split's source sentences as a client sends them (in
+    `unicode_form`: decomposed accents, as macOS and some keyboards write them) through every
+    served path, beside `evaluate`'s figures on the same pairs (its beam, and `--beam-width 1`
+    for LiteRT's greedy loop): test sacreBLEU and exact-match share, a row each per path."""
+    import contextlib
+    import io
+    import tempfile
+    import unicodedata
+
+    from serving.litert_seq2seq import Seq2SeqLiteRT
+
+    run = find_run(run_dir)
+    test = corpus_of_run(run.config()).test[:examples]
+    sources, references = [s for s, _ in test], [t for _, t in test]
+    sent = [unicodedata.normalize(unicode_form, s) for s in sources]
+    translator = load_translator(run.path)
+    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    read = {("evaluate (Keras)", "beam"): translator.translate(sources),
+            ("SavedModel serving_default", "beam"): [
+                text.decode() for start in range(0, len(sent), REQUEST_SIZE)
+                for text in serve(sentences=tf.constant(sent[start:start + REQUEST_SIZE]))[
+                    "translation"].numpy()]}
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()) as out:
+        Path(folder, "sentences.txt").write_text("".join(f"{s}\n" for s in sent), "utf-8")
+        main(["translate", "--run-dir", str(run.path), "--file", f"{folder}/sentences.txt"])
+    read["CLI translate --file", "beam"] = out.getvalue().split("\n")[:-1]
+    read["evaluate --beam-width 1 (Keras)", "greedy"] = translator.translate(sources, 1)
+    for variant in LITE_VARIANTS:
+        lite = Seq2SeqLiteRT(Path(version_dir) / export_lib.EXTRA_DIR / f"{APP}_{variant}.tflite")
+        read[f"LiteRT {variant}", "greedy"] = [  # no translation past the static length
+            lite.translate(s) if len(lite.token_ids(s)) <= lite.length else "" for s in sent]
+    rows = []
+    for (path, decoding), hypotheses in read.items():
+        search = f"beam {BEAM_WIDTH}" if decoding == "beam" else "greedy"
+        bleu = bleu_and_chrf(hypotheses, references, translator.source.lowercase)["bleu"]
+        exact = float(np.mean([h == r for h, r in zip(hypotheses, references, strict=True)]))
+        rows += [{"app": APP, "path": path, "figure": f"test {name} ({search})", "value": value,
+                  "examples": len(test)}
+                 for name, value in (("sacreBLEU", bleu), ("exact match", exact))]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -232,3 +232,56 @@ class Translator(EncoderDecoderSearch):
         target_in = tf.constant([[text_pairs.START, *output_ids[:-1]]], tf.int32)
         _, weights = self.decoder(target_in, memory, mask, state, return_attention=True)
         return weights.numpy()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Export archives: strings in and out for servers, encode + decode_step for phones
+# ---------------------------------------------------------------------------------------------
+
+
+def serving_archive(translator: Translator, beam_width: int = BEAM_WIDTH,
+                    alpha: float = ALPHA) -> keras.export.ExportArchive:
+    """`serving_default`: a batch of raw strings -> translations (string) and their scores.
+    Standardisation, vocabulary lookup, beam search and detokenisation all run in the graph."""
+    archive = keras.export.ExportArchive()
+    archive.track(translator.model)
+    archive.track(translator.source.layer)  # its lookup table
+
+    def serve(sentences):
+        return translator.translate_tensor(sentences, beam_width, alpha)
+
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
+    return archive
+
+
+def lite_archive(translator: Translator, source_length: int) -> keras.export.ExportArchive:
+    """`encode` and `decode_step` with fixed batch 1 and a static source length: LiteRT runs
+    the RNN loops with builtin ops, and the decoding loop runs outside, in numpy."""
+    archive = keras.export.ExportArchive()
+    archive.track(translator.model)
+    decoder = translator.decoder
+    memory_width, units = 2 * translator.encoder.units, decoder.units
+    states = decoder.state_count
+
+    def encode(source):  # int32 [1, S], 0-padded
+        memory, keys, mask, state = translator.encode(source)
+        return {"memory": memory, "keys": keys, "source_mask": mask,
+                **{f"state_{i}": s for i, s in enumerate(state)}}
+
+    def decode_step(token, memory, keys, source_mask, *state):
+        log_probs, state, weights = translator.decode_step(token, list(state), memory, keys,
+                                                           source_mask)
+        return {"log_probs": log_probs, "attention": weights,
+                **{f"state_{i}": s for i, s in enumerate(state)}}
+
+    archive.add_endpoint("encode", encode, input_signature=[
+        tf.TensorSpec([1, source_length], tf.int32, name="source")])
+    archive.add_endpoint("decode_step", decode_step, input_signature=[
+        tf.TensorSpec([1], tf.int32, name="token"),
+        tf.TensorSpec([1, source_length, memory_width], tf.float32, name="memory"),
+        tf.TensorSpec([1, source_length, units], tf.float32, name="keys"),
+        tf.TensorSpec([1, source_length], tf.float32, name="source_mask"),
+        *[tf.TensorSpec([1, units], tf.float32, name=f"state_{i}") for i in range(states)],
+    ])
+    return archive

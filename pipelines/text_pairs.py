@@ -7,7 +7,8 @@ Sources:
 
 Text goes through three stages, each shared by training, evaluation and the exported models:
 
-1. `read_pairs`: Unicode NFC normalisation (one code point for "é", however it was typed).
+1. `read_pairs`: Unicode NFC normalisation (one code point for "é", however it was typed);
+   `nfc` does it with TensorFlow ops, for text served in a graph (`Tokenizer(normalize=True)`).
 2. `standardize` (TensorFlow ops, so it runs in `tf.data` and inside a SavedModel): optional
    lower-casing, punctuation split off as tokens of its own ("¿Qué?" -> "¿ Qué ?") unless the
    text is split into characters, unusual spaces made plain. `serving.litert_seq2seq` repeats
@@ -21,6 +22,7 @@ Text goes through three stages, each shared by training, evaluation and the expo
 the spaces a punctuation split added are removed again ("9 . Mai" -> "9. Mai").
 """
 
+import functools
 import io
 import unicodedata
 import zipfile
@@ -112,6 +114,135 @@ def read_pairs(path: Path, reverse: bool = False) -> list[tuple[str, str]]:
     if not pairs:
         raise DataError(f"{name}: no sentence pairs (the file is empty)")
     return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Unicode NFC in the graph. Core TensorFlow has no normaliser (`tf.strings.unicode_transcode`
+# only converts between encodings; TensorFlow Text's `normalize_utf8` is a custom op that a stock
+# TensorFlow Serving cannot load), so `nfc` runs Unicode's algorithm with core ops on tables
+# taken from Python's `unicodedata`: the graph normalises exactly as `unicodedata.normalize`.
+# ---------------------------------------------------------------------------------------------
+
+CODE_POINTS = 0x110000
+DECOMPOSABLE_BELOW = 0x30000  # no code point from here up decomposes or has a combining class
+HANGUL_SYLLABLES = range(0xAC00, 0xD7A4)
+HANGUL_LEADS, HANGUL_VOWELS, HANGUL_TRAILS = range(0x1100, 0x1113), range(0x1161, 0x1176), \
+    range(0x11A8, 0x11C3)
+
+
+@functools.cache
+def nfc_tables() -> dict[str, np.ndarray]:
+    """Python's Unicode data as sorted arrays: each code point's full canonical decomposition
+    (-1 padded), the non-zero canonical combining classes, and the primary composites keyed by
+    `first * CODE_POINTS + second`. Hangul syllables stay whole; composing a leading with a
+    vowel jamo, and such a syllable with a trailing jamo, gives what decomposing them would."""
+    decompositions, classes, composites = {}, {}, {}
+    for code in range(DECOMPOSABLE_BELOW):
+        if 0xD800 <= code < 0xE000:  # surrogates
+            continue
+        char = chr(code)
+        if unicodedata.combining(char):
+            classes[code] = unicodedata.combining(char)
+        if code in HANGUL_SYLLABLES:
+            continue
+        if (nfd := unicodedata.normalize("NFD", char)) != char:
+            decompositions[code] = [ord(c) for c in nfd]
+        parts = unicodedata.decomposition(char).split()
+        if len(parts) == 2 and not parts[0].startswith("<") and \
+                unicodedata.normalize("NFC", char) == char:  # not a composition exclusion
+            composites[int(parts[0], 16) * CODE_POINTS + int(parts[1], 16)] = code
+    for lead in HANGUL_LEADS:
+        for vowel in HANGUL_VOWELS:
+            syllable = ord(unicodedata.normalize("NFC", chr(lead) + chr(vowel)))
+            composites[lead * CODE_POINTS + vowel] = syllable
+            for trail in HANGUL_TRAILS:
+                composites[syllable * CODE_POINTS + trail] = syllable + trail - HANGUL_TRAILS[0] + 1
+    width = max(len(d) for d in decompositions.values())
+    decomposed = sorted(decompositions)
+    return {
+        "decomposed": np.array(decomposed, np.int32),
+        "decompositions": np.array([decompositions[c] + [-1] * (width - len(decompositions[c]))
+                                    for c in decomposed], np.int32),
+        "classed": np.array(sorted(classes), np.int32),
+        "classes": np.array([classes[c] for c in sorted(classes)], np.int32),
+        "pairs": np.array(sorted(composites), np.int64),
+        "composites": np.array([composites[k] for k in sorted(composites)], np.int32),
+    }
+
+
+def _find(keys: tf.Tensor, values: tf.Tensor, query: tf.Tensor, default) -> tf.Tensor:
+    """values[i] where keys[i] == query (keys sorted), else `default`: a lookup without a table
+    resource, so the arrays are plain constants of whatever graph calls it."""
+    at = tf.minimum(tf.searchsorted(keys, query), tf.size(keys) - 1)
+    found = tf.equal(tf.gather(keys, at), query)
+    if values.shape.rank == 2:
+        found = found[:, None]
+    return tf.where(found, tf.gather(values, at), default)
+
+
+def nfc(text) -> tf.Tensor:
+    """string tensor (any shape) -> the same strings in Unicode NFC, as `unicodedata.normalize(
+    "NFC", ...)` gives them: canonical decomposition, canonical ordering of combining marks,
+    canonical composition. Bytes that are not UTF-8 become U+FFFD."""
+    text = tf.convert_to_tensor(text, tf.string)
+    return tf.ensure_shape(_nfc_graph(text), text.shape)
+
+
+@tf.function(input_signature=[tf.TensorSpec(None, tf.string)], autograph=False)
+def _nfc_graph(text: tf.Tensor) -> tf.Tensor:
+    ascii_only = tf.reduce_all(tf.strings.regex_full_match(text, "[\\x00-\\x7f]*"))
+    return tf.cond(ascii_only, lambda: tf.identity(text), lambda: _nfc(text))  # ASCII is NFC
+
+
+def _nfc(text: tf.Tensor) -> tf.Tensor:
+    tables = {name: tf.constant(array) for name, array in nfc_tables().items()}
+    codes = tf.strings.unicode_decode(tf.reshape(text, [-1]), "UTF-8", errors="replace")
+    rows = codes.nrows(out_type=tf.int32)
+    # 1. Decompose: every code point -> its full canonical decomposition (itself, -1 padded).
+    flat = codes.flat_values
+    itself = tf.pad(flat[:, None], [[0, 0], [0, tables["decompositions"].shape[1] - 1]],
+                    constant_values=-1)
+    expanded = _find(tables["decomposed"], tables["decompositions"], flat, itself)
+    kept = expanded >= 0
+    lengths = tf.math.unsorted_segment_sum(tf.reduce_sum(tf.cast(kept, tf.int32), axis=1),
+                                           tf.cast(codes.value_rowids(), tf.int32), rows)
+    flat = tf.boolean_mask(expanded, kept)
+    # 2. Order: each run of combining marks sorted by class, stably; starters (class 0) stay.
+    classes = _find(tables["classed"], tables["classes"], flat, 0)
+    row_ids = tf.repeat(tf.range(rows), lengths)
+    row_start = tf.not_equal(row_ids, tf.pad(row_ids, [[1, 0]], constant_values=-1)[:-1])
+    run = tf.cumsum(tf.cast(row_start | tf.equal(classes, 0), tf.int64))
+    order = tf.argsort(run * 256 + tf.cast(classes, tf.int64), stable=True)
+    flat, classes = tf.gather(flat, order), tf.gather(classes, order)
+    # 3. Compose (Unicode's reference algorithm, all strings at once, one position a step): a
+    #    mark joins the last starter unless a kept mark of the same class or a starter (other
+    #    than the starter itself) stands between them.
+    codes = tf.RaggedTensor.from_row_lengths(flat, lengths).to_tensor(-1)
+    classes = tf.RaggedTensor.from_row_lengths(classes, lengths).to_tensor(0)
+    every_row = tf.range(rows)
+
+    def step(i, out, starter_at, starter, last_class):
+        code, code_class = codes[:, i], classes[:, i]
+        composite = _find(tables["pairs"], tables["composites"],
+                          tf.cast(starter, tf.int64) * CODE_POINTS + tf.cast(code, tf.int64), -1)
+        joins = ((code >= 0) & (starter_at >= 0) & (composite >= 0)
+                 & ((last_class < code_class) | (last_class == 0)))
+        at_i = tf.stack([every_row, tf.fill([rows], i)], axis=1)
+        out = tf.tensor_scatter_nd_update(out, at_i, tf.where(joins, -1, code))
+        out = tf.tensor_scatter_nd_update(
+            out, tf.stack([every_row, tf.where(joins, starter_at, i)], axis=1),
+            tf.where(joins, composite, code))
+        kept = (code >= 0) & ~joins
+        starts = kept & tf.equal(code_class, 0)
+        return (i + 1, out, tf.where(starts, i, starter_at),
+                tf.where(joins, composite, tf.where(starts, code, starter)),
+                tf.where(kept, code_class, last_class))
+
+    none = tf.fill([rows], -1)
+    _, out, *_ = tf.while_loop(lambda i, *_: i < tf.shape(codes)[1], step,
+                               (0, codes, none, none, tf.fill([rows], 256)))
+    composed = tf.strings.unicode_encode(tf.ragged.boolean_mask(out, out >= 0), "UTF-8")
+    return tf.reshape(composed, tf.shape(text))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,12 +342,14 @@ def split_pairs(pairs: list[tuple[str, str]], validation: float | int, test: flo
 
 @dataclass
 class Tokenizer:
-    """Standardisation + vocabulary for one side of the pairs."""
+    """Standardisation + vocabulary for one side of the pairs; with `normalize`, Unicode NFC
+    first (`nfc`, in the graph: for text that did not come through `read_pairs`, a client's)."""
 
     vocabulary: list[str]  # without pad and UNK
     split: str = "word"
     lowercase: bool = False
     layer: object = field(default=None, repr=False)
+    normalize: bool = False
 
     def __post_init__(self):
         self.layer = vectorizer(self.vocabulary, self.split)
@@ -227,6 +360,8 @@ class Tokenizer:
 
     def ids(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """string [batch] -> ragged int32 [batch, (tokens)], no start or end tokens."""
+        if self.normalize:
+            texts = nfc(texts)
         return tf.cast(self.layer(standardize(texts, self.lowercase, self.split)), tf.int32)
 
     def id_lists(self, texts: list[str], batch: int = 4096) -> list[np.ndarray]:

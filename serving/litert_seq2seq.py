@@ -13,7 +13,8 @@ fixed batch of 1 and a static source length S (what keeps the RNN loops in built
 The decoding loop runs here: encode once, then feed each predicted token back until `[end]`.
 The `litert.json` beside the model gives the special ids, the static length, the vocabulary
 files and the standardisation rules, which `standardize` applies with Python's `re` exactly as
-the training pipeline does with TensorFlow's regex ops (`pipelines/text_pairs.py`).
+the training pipeline does with TensorFlow's regex ops (`pipelines/text_pairs.py`);
+`Seq2SeqText` is that text side alone, without a model.
 """
 
 import argparse
@@ -29,24 +30,19 @@ from pipelines import DataError
 from serving.litert import LiteRTModel
 
 
-class Seq2SeqLiteRT:
-    """A translator `.tflite` with its litert.json and vocabularies (same folder)."""
+class Seq2SeqText:
+    """The text side of a translator export: litert.json's rules and the two vocabularies in
+    `folder`, sentences to ids and ids to sentences (`pipelines.text_pairs`'s job in the graph)."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1):
-        model_path = Path(model_path)
-        folder = model_path.parent
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
         self.config = json.loads((folder / "litert.json").read_text())
         read = lambda name: (folder / name).read_text(encoding="utf-8").split("\n")[:-1]  # noqa: E731
         self.source_vocab = ["", "[UNK]", *read(self.config["source_vocab"])]
         self.target_vocab = ["", "[UNK]", *read(self.config["target_vocab"])]
         self.source_index = {token: i for i, token in enumerate(self.source_vocab) if i > 1}
         self.ids = self.config["ids"]
-        self.length = int(self.config["source_length"])
-        model = LiteRTModel(model_path, threads=threads)
-        self.encode = model.signature("encode")
-        self.step = model.signature("decode_step")
-
-    # --- text <-> ids ----------------------------------------------------------------------
+        self.length = int(self.config.get("source_length", 0))
 
     def standardize(self, text: str, split: str = "word") -> str:
         rules = self.config["standardize"]
@@ -57,18 +53,23 @@ class Seq2SeqLiteRT:
             text = re.sub(rules["punctuation"], r" \1 ", text)
         return re.sub(rules["spaces"], " ", text).strip(" ")
 
-    def source_ids(self, sentence: str) -> np.ndarray:
-        """int32 [1, S] padded with 0; a sentence longer than S tokens is an error, never cut."""
+    def token_ids(self, sentence: str) -> list[int]:
+        """A raw sentence's source ids: NFC, standardised, split, looked up (UNK if unknown)."""
         text = self.standardize(sentence, self.config["source_split"])
         tokens = list(text) if self.config["source_split"] == "character" else [
             t for t in text.split(" ") if t]
+        return [self.source_index.get(t, self.ids["unk"]) for t in tokens]
+
+    def source_ids(self, sentence: str) -> np.ndarray:
+        """int32 [1, S] padded with 0; a sentence longer than S tokens is an error, never cut."""
+        tokens = self.token_ids(sentence)
         if len(tokens) > self.length:
             shown = sentence if len(sentence) <= 40 else sentence[:40] + "..."
             raise DataError(f"sentence {shown!r} has {len(tokens)} tokens, more than this"
                             f" model's static source length of {self.length} (export a model"
                             " trained with a larger --max-length)")
         ids = np.zeros([1, self.length], np.int32)
-        ids[0, : len(tokens)] = [self.source_index.get(t, self.ids["unk"]) for t in tokens]
+        ids[0, : len(tokens)] = tokens
         return ids
 
     def detokenize(self, ids: list[int]) -> str:
@@ -82,7 +83,15 @@ class Seq2SeqLiteRT:
         text = re.sub(rules["no_space_after"], r"\1", text)
         return text.replace(rules["glued"], "-")
 
-    # --- decoding ----------------------------------------------------------------------------
+
+class Seq2SeqLiteRT(Seq2SeqText):
+    """A translator `.tflite` with its litert.json and vocabularies (same folder)."""
+
+    def __init__(self, model_path: str | Path, threads: int = 1):
+        super().__init__(Path(model_path).parent)
+        model = LiteRTModel(model_path, threads=threads)
+        self.encode = model.signature("encode")
+        self.step = model.signature("decode_step")
 
     def greedy_ids(self, source_ids: np.ndarray, max_length: int | None = None) -> list[int]:
         """Greedy decoding: token ids up to and including [end], or as many as the translator

@@ -2,6 +2,7 @@
 kind of bad input with file and line, standardisation, vocabularies, split, batching."""
 
 import re
+import unicodedata
 import zipfile
 
 import numpy as np
@@ -87,6 +88,26 @@ def test_standardize_splits_punctuation_and_detokenize_puts_it_back():
     assert lowered == "école über"
     characters = tp.standardize(tf.constant(["9. Mai  2018"]), split="character")
     assert characters.numpy()[0].decode() == "9. Mai 2018"  # characters need no punctuation split
+
+
+def test_graph_nfc_equals_pythons_on_every_code_point_and_hard_sequences():
+    """`nfc` (core TensorFlow ops) against `unicodedata.normalize("NFC")`: every code point
+    that can decompose or combine, alone, decomposed and between a letter and a mark, and the
+    sequences the algorithm turns on: marks out of canonical order, a mark blocked by one of
+    the same class, composition exclusions, singletons, Hangul jamo, two starters that compose
+    (Oriya), invalid UTF-8 (U+FFFD, as Python's errors="replace" decodes it)."""
+    codes = [chr(c) for c in range(tp.DECOMPOSABLE_BELOW) if not 0xD800 <= c < 0xE000]
+    texts = (codes + [unicodedata.normalize("NFD", c) for c in codes]
+             + ["a" + c + "\u0301" for c in codes] + [c + "\u0323\u0301" for c in codes])
+    texts += ["e\u0301\u0323", "e\u0302\u0301", "e\u0301\u0301", "a\u0308\u0304x", "\u0958",
+              "\u212b\u2126\u037e", "\u1100\u1161\u11a8", "\uac00\u11a8", "\u0b47\u0b3e",
+              "\u0301e", "", "Cafe\u0301 cre\u0300me bru\u0302le\u0301e", "\U0001f600\u0301"]
+    got = [t.decode() for t in tp.nfc(tf.constant(texts)).numpy()]
+    wrong = [ascii(t) for t, g in zip(texts, got) if g != unicodedata.normalize("NFC", t)]
+    assert not wrong, wrong[:5]
+    bad = tp.nfc(tf.constant([[b"Adi\xf3s", b"n\xcc\x83"]]))  # any shape; latin-1 byte
+    assert bad.shape == (1, 2) and [t.decode() for t in bad.numpy()[0]] == [
+        b"Adi\xf3s".decode("utf-8", "replace"), "\u00f1"]
 
 
 def test_vocabularies_put_start_and_end_at_2_and_3_and_split_characters():

@@ -1,10 +1,13 @@
 """Translation end to end on the generated en-fr corpus: a small model really learns (BLEU on
 held-out pairs against an untrained copy), beam search against greedy, the string SavedModel in a
-fresh process, LiteRT token for token against Keras, the command line and bad input."""
+fresh process, LiteRT token for token against Keras, the command line and bad input; no skew
+between `evaluate` and the served paths, and the LiteRT runner's Python text handling against
+the graph's on real sentences (Tatoeba's too when ../shared/data holds them)."""
 
 import json
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import keras
@@ -17,10 +20,11 @@ from apps import translation as tr
 from layers.attention import AttentionDecoder
 from models import seq2seq
 from models.sequence_training import MaskedCrossEntropy, in_float32
-from pipelines import DataError, text_pairs
-from serving.litert_seq2seq import Seq2SeqLiteRT
+from pipelines import DataError, number_corpus, text_pairs
+from serving.litert_seq2seq import Seq2SeqLiteRT, Seq2SeqText
 
 PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
 # Small enough to train in well under a minute on 2 cores, big enough to translate well.
 SMALL = {"size": 8000, "epochs": 3}
 TEST_SENTENCES = 100
@@ -331,6 +335,118 @@ def test_export_layout(exported):
     assert config["signatures"] == ["encode", "decode_step"] and config["source_length"] == 40
     assert (extra / "source_vocab.txt").is_file() and (extra / "tflite_report.json").is_file()
     assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".incomplete")]
+
+
+# --- train/serve skew ----------------------------------------------------------------------------
+
+# What a LiteRT file may lose against the Keras greedy decode: float32 runs the same float
+# arithmetic (nothing); float16 weights and int8 ("dynamic") weights may flip a near tie.
+LITE_LOSS = {"float32": {"sacreBLEU": 0.0, "exact match": 0.0},
+             "float16": {"sacreBLEU": 0.5, "exact match": 0.01},
+             "dynamic": {"sacreBLEU": 1.0, "exact match": 0.02}}
+
+
+def test_every_served_path_reproduces_evaluates_figures(trained, exported):
+    """The test split sent as a client sends it (decomposed Unicode) to serving_default, to
+    `translate --file` and to each LiteRT file: the SavedModel and the CLI score what `evaluate`
+    scores (beam 4), each LiteRT file what `evaluate --beam-width 1` scores, within LITE_LOSS."""
+    (run_dir, metrics), (version_dir, _) = trained, exported
+    rows = tr.served_figures(version_dir, run_dir)
+    figures = {(row["path"], row["figure"]): row["value"] for row in rows}
+    assert rows[0]["path"] == "evaluate (Keras)" and len(figures) == len(rows) == 14
+    assert {row["examples"] for row in rows} == {metrics["test_pairs"]}
+    assert figures["evaluate (Keras)", "test sacreBLEU (beam 4)"] == metrics["bleu"]
+    assert figures["evaluate (Keras)", "test exact match (beam 4)"] == metrics["exact_match"]
+    for figure in ("sacreBLEU", "exact match"):
+        beam = figures["evaluate (Keras)", f"test {figure} (beam 4)"]
+        assert figures["SavedModel serving_default", f"test {figure} (beam 4)"] == beam
+        assert figures["CLI translate --file", f"test {figure} (beam 4)"] == beam
+        greedy = figures["evaluate --beam-width 1 (Keras)", f"test {figure} (greedy)"]
+        for variant, loss in LITE_LOSS.items():
+            lite = figures[f"LiteRT {variant}", f"test {figure} (greedy)"]
+            assert greedy - loss[figure] <= lite <= greedy + loss[figure], (variant, figure)
+    assert figures["evaluate (Keras)", "test sacreBLEU (beam 4)"] >= figures[
+        "evaluate --beam-width 1 (Keras)", "test sacreBLEU (greedy)"]  # the beam pays off
+
+
+def untrained_run(run_dir: Path, pairs, splits) -> Path:
+    """A run directory as `train` leaves one, with an untrained model: enough to load and serve."""
+    source, target = text_pairs.build_tokenizers(pairs, (20_000, 20_000), splits, False)
+    keras.utils.set_random_seed(5)
+    run_dir.mkdir()
+    seq2seq.build_model(source.size, target.size, 16, 16).save(run_dir / "best.keras")
+    text_pairs.write_vocabulary(run_dir / "source_vocab.txt", source.vocabulary)
+    text_pairs.write_vocabulary(run_dir / "target_vocab.txt", target.vocabulary)
+    (run_dir / "run.json").write_text(json.dumps({"lowercase": False, "splits": list(splits),
+                                                  "max_output_length": 12}))
+    return run_dir
+
+
+def test_decomposed_accents_translate_as_composed_ones_on_every_path(tmp_path):
+    """"février" typed as "fe" + U+0301 + "vrier" (macOS, some keyboards): serving_default
+    normalises in its graph (`text_pairs.nfc`) as the CLI and the LiteRT runner do, so both
+    forms get the same translation and score. An untrained fr-en model will do: a word read
+    as unknown changes its scores."""
+    corpus = tr.load_corpus(pair="fr-en", size=2000)
+    run_dir = untrained_run(tmp_path / "fr-en", corpus.train, corpus.splits)
+    composed = [s for s, _ in corpus.test if unicodedata.normalize("NFD", s) != s]
+    decomposed = [unicodedata.normalize("NFD", s) for s in composed]
+    translator = tr.load_translator(run_dir)
+    assert len(composed) >= 10 and translator.source.normalize
+    ids = [[row.tolist() for row in translator.source.id_lists(texts)]
+           for texts in (composed, decomposed)]
+    assert ids[0] == ids[1] and text_pairs.UNK not in sum(ids[0], [])
+    unnormalised = text_pairs.Tokenizer(translator.source.vocabulary, "word")  # the graph before
+    assert text_pairs.UNK in unnormalised.id_lists(decomposed)[0]
+    seq2seq.serving_archive(translator).write_out(str(tmp_path / "1"), verbose=False)
+    serve = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
+    served = [serve(sentences=tf.constant(texts)) for texts in (composed, decomposed)]
+    assert served[0]["translation"].numpy().tolist() == served[1]["translation"].numpy().tolist()
+    np.testing.assert_array_equal(served[0]["score"], served[1]["score"])
+    cli = tr.translate(decomposed, run_dir)
+    assert cli == [t.decode() for t in served[0]["translation"].numpy()]
+
+
+def real_sentence_pairs():
+    """Each generated direction (real number and date words from num2words and babel), and
+    Tatoeba's Spanish and Vietnamese pairs (stacked diacritics) when ../shared/data has them."""
+    for pair in number_corpus.PAIRS:
+        yield pytest.param(pair, id=pair)
+    for name in ("tatoeba-spa-eng/spa-eng.zip", "tatoeba-vie-eng/vie-eng.zip"):
+        for reverse in (False, True):  # English first in the file; --reverse reads it back
+            yield pytest.param((SHARED_DATA / name, reverse),
+                               id=name.split("/")[0] + ("-reversed" if reverse else ""))
+
+
+@pytest.mark.parametrize("data", real_sentence_pairs())
+def test_litert_text_side_equals_the_graph_on_real_sentences(data, tmp_path):
+    """The LiteRT runner's Python (NFC, standardisation, split, lookup; detokenisation) against
+    what the exported graph runs (`text_pairs.nfc`, `standardize`, TextVectorization; the
+    target tokenizer's `text`), on real sentences as written and decomposed (NFD): same ids,
+    same text. Vocabularies come from half the pairs, so the rest brings unknown words."""
+    if isinstance(data, tuple):
+        if not data[0].is_file():
+            pytest.skip(f"{data[0]} is not here")
+        pairs, splits = text_pairs.read_pairs(*data)[::5][:6000], ("word", "word")
+    else:
+        corpus = tr.load_corpus(pair=data, size=2000)
+        pairs, splits = corpus.train + corpus.test, corpus.splits
+    for lowercase in (False, True):
+        source, target = text_pairs.build_tokenizers(pairs[::2], (20_000, 20_000), splits,
+                                                     lowercase)
+        text_pairs.write_vocabulary(tmp_path / "source_vocab.txt", source.vocabulary)
+        text_pairs.write_vocabulary(tmp_path / "target_vocab.txt", target.vocabulary)
+        (tmp_path / "litert.json").write_text(json.dumps(tr.text_config(splits, lowercase)))
+        python = Seq2SeqText(tmp_path)
+        graph = text_pairs.Tokenizer(source.vocabulary, splits[0], lowercase, normalize=True)
+        sentences = [s for s, _ in pairs]
+        sentences += [unicodedata.normalize("NFD", s) for s in sentences]
+        assert [ids.tolist() for ids in graph.id_lists(sentences)] == [
+            python.token_ids(s) for s in sentences]
+        target_ids = [[text_pairs.START, *ids, text_pairs.END]
+                      for ids in target.id_lists([t for _, t in pairs])]
+        texts = target.text(tf.ragged.constant(target_ids).to_tensor()).numpy()
+        assert [t.decode() for t in texts] == [python.detokenize(ids) for ids in target_ids]
 
 
 # --- command line --------------------------------------------------------------------------------
