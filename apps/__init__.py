@@ -1,8 +1,8 @@
 """The task-oriented apps; each runs as `python -m apps.<task> <command> [options]`."""
 
-import os
+from serving.startup_logs import quiet_startup
 
-# Before TensorFlow is imported by any app: keep its C++ start-up chatter (CUDA probing on CPU
-# machines, oneDNN notices) off the user's terminal. Errors still surface as Python exceptions;
-# set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Every app uses TensorFlow: loaded here, once, without its C++ start-up log (see
+# serving/startup_logs.py; DEEP_ARCHITECTURES_TF_LOGS=1 shows it).
+with quiet_startup():
+    import tensorflow  # noqa: F401

@@ -61,6 +61,7 @@ SCENES = shape_scenes.DEFAULT_SIZE
 IMAGE_SIZE = shape_scenes.IMAGE_SIZE  # real photos are resized to this too (--image-size)
 EPOCHS = 8
 BATCH_SIZE = 64  # per replica
+QUICK = {"scenes": 4000, "epochs": 6}  # `train --quick`, what `make demo` trains
 LEARNING_RATE = 3e-3  # Adam, cosine decay after a short warm-up
 WARMUP_SHARE = 0.05
 CLIP_NORM = 1.0
@@ -405,7 +406,7 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         },
         tflite=export_lib.TFLiteFiles(APP, TFLITE_SIGNATURES, variants=LITE_VARIANTS,
                                       check=check, archive=lite_archive(captioner)),
-        report={"checked_images": len(images)},
+        report={"run": str(run.path.resolve()), "checked_images": len(images)},
         progress=not quiet,
     )
     if not quiet:
@@ -458,12 +459,9 @@ def served_figures(version_dir: Path, run_dir: Path | None = None, examples: int
 # ---------------------------------------------------------------------------------------------
 
 
-DEMO_SCENES, DEMO_EPOCHS = 4000, 6
-
-
 def demo(model_base: Path = MODEL_BASE) -> dict:
     """`make demo`'s share: the attention captioner on generated scenes, evaluated, exported."""
-    metrics = train(TrainConfig(scenes=DEMO_SCENES, epochs=DEMO_EPOCHS, verbose=2))
+    metrics = train(TrainConfig(**QUICK, verbose=2))
     report = export(model_base=model_base, quiet=True)
     return {"app": "captioning (CNN + attention LSTM, shape scenes)",
             "quality": f"BLEU-4 {metrics['bleu4']:.1f} ({metrics['test_images']} held-out"
@@ -521,6 +519,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="peak Adam learning rate for one replica's batch; N"
                                    " replicas train at N times it (default: %(default)s)")
     runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
+    runner.add_quick_option(train_parser, QUICK)
 
     with_search(with_run_dir(commands.add_parser(
         "evaluate", help="BLEU-1..4 on held-out images, examples, attention.png")))
@@ -530,7 +529,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     export_parser = with_run_dir(commands.add_parser("export", help="SavedModel version"))
     export_parser.add_argument("--model-base", type=Path, default=MODEL_BASE,
                                help="default: %(default)s")
-    return parser.parse_args(argv)
+    return runner.with_quick_schedule(parser.parse_args(argv), train_parser, QUICK)
 
 
 def main(argv=None) -> None:
@@ -539,7 +538,9 @@ def main(argv=None) -> None:
         runner.configure(args)
         train(runner.config_from_args(TrainConfig, args))
         return
-    run_dir = find_run(args.run_dir).path
+    run = find_run(args.run_dir)
+    run.announce()
+    run_dir = run.path
     if args.command == "evaluate":
         evaluate(run_dir, args.beam_width, args.alpha)
     elif args.command == "caption":

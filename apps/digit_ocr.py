@@ -416,6 +416,7 @@ def tflite_predictions(path: Path, images: np.ndarray) -> np.ndarray:
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False) -> dict:
     """Publishes a run's best model as the next version under `model_base/digit_ocr/`, each
     .tflite variant checked in LiteRT against Keras on the test split."""
+    run_dir = find_run(run_dir).path
     model, run = load_run(run_dir)
     dataset = image_data.load_image_dataset(run["data"])
     test_images, test_labels = image_data.labelled_arrays(dataset.test)
@@ -440,7 +441,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         tflite=export_lib.TFLiteFiles(
             APP, TFLITE_SIGNATURE, check=check,
             representative_inputs=lambda: (x[None] for x in calibration)),
-        report={"keras": {"accuracy": keras_accuracy}, "test_examples": int(len(test_labels))},
+        report={"run": str(run_dir.resolve()), "keras": {"accuracy": keras_accuracy},
+                "test_examples": int(len(test_labels))},
         progress=not quiet,
     )
     if not quiet:
@@ -556,7 +558,9 @@ def main(argv=None) -> None:
         runner.configure(args)
         train(runner.config_from_args(TrainConfig, args))
         return
-    run_dir = find_run(args.run_dir, args.model).path
+    run = find_run(args.run_dir, args.model)
+    run.announce()
+    run_dir = run.path
     if args.command == "evaluate":
         evaluate(run_dir, args.data)
     elif args.command == "predict":

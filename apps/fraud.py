@@ -404,6 +404,7 @@ def serving_archive(detector: anomaly.AnomalyDetector, schema: tabular.Schema, t
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False) -> dict:
     """Publishes a run's detector as the next version under `model_base/fraud/`, each .tflite
     variant checked in LiteRT against Keras on the test split."""
+    run_dir = find_run(run_dir).path
     detector, run = load_run(run_dir)
     schema = tabular.Schema.from_json(run["schema"])
     splits = load_data(run)
@@ -443,7 +444,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
             APP, TFLITE_SIGNATURES, variants=TFLITE_VARIANTS,
             check=figures,
             representative_inputs=lambda: (row[None] for row in calibration)),
-        report={"model": run["model"], "threshold": threshold, "test_rows": len(test),
+        report={"run": str(run_dir.resolve()), "model": run["model"], "threshold": threshold,
+                "test_rows": len(test),
                 "keras": anomaly.detection_figures(labels, keras_scores, threshold)},
         progress=not quiet)
     if not quiet:
@@ -582,7 +584,9 @@ def main(argv=None) -> None:
         config = runner.config_from_args(TrainConfig, args)
         compare(config, args.run_dir) if args.compare else train(config)
         return
-    run_dir = find_run(args.run_dir, args.model).path
+    run = find_run(args.run_dir, args.model)
+    run.announce()
+    run_dir = run.path
     if args.command == "evaluate":
         evaluate(run_dir)
     elif args.command == "predict":

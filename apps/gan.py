@@ -43,8 +43,8 @@ APP = "gan"
 MODELS = dcgan.MODELS
 DEFAULT_MODEL = "dcgan"
 DEFAULT_DATA = "digits"
-# `make demo`: the cGAN, evaluated and exported in the demo's time budget (bench/README.md).
-DEMO_EPOCHS = 30
+# `train --quick`, and `make demo` (with --model cgan): half the epochs (figures: README.md).
+QUICK = {"epochs": 30}
 EPOCHS = 60  # on the embedded digits: 19 steps an epoch (timing: bench/README.md)
 BATCH_SIZE = 64  # per replica
 STEPS_PER_EXECUTION = 8  # several steps per call into the graph when on one device
@@ -391,6 +391,7 @@ def tflite_frames(path: Path, noise: np.ndarray, labels: np.ndarray | None) -> n
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False) -> dict:
     """Publishes a run's generator as the next version under `model_base/gan_<model>/`, each
     .tflite variant checked in LiteRT against Keras on the same noise."""
+    run_dir = find_run(run_dir).path
     generator, run = load_generator(run_dir)
     conditional = run["model"] == "cgan"
     rng = np.random.default_rng(EVALUATION_SEED)
@@ -417,7 +418,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         },
         tflite=export_lib.TFLiteFiles(f"{APP}_{run['model']}", "serving_default",
                                       variants=TFLITE_VARIANTS, check=check),
-        report={"model": run["model"], "check_samples": CHECK_SAMPLES},
+        report={"run": str(run_dir.resolve()), "model": run["model"],
+                "check_samples": CHECK_SAMPLES},
         progress=not quiet,
     )
     if not quiet:
@@ -500,7 +502,7 @@ def demo(model_base: Path = MODEL_BASE) -> dict:
         check_evaluator(evaluator, DEFAULT_DATA)
     except UsageError:
         evaluator = None  # trained into the run directory instead
-    figures = train(TrainConfig(model="cgan", epochs=DEMO_EPOCHS, evaluator=evaluator, verbose=2))
+    figures = train(TrainConfig(model="cgan", **QUICK, evaluator=evaluator, verbose=2))
     report = export(model_base=model_base, quiet=True)
     return {
         "app": "image generation (cGAN)",
@@ -550,6 +552,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="width of both networks (default: %(default)s)")
     train_parser.add_argument("--evaluator", type=Path, help=evaluator_help)
     runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
+    runner.add_quick_option(train_parser, QUICK)
 
     evaluate_parser = with_run_options(commands.add_parser(
         "evaluate", help="Frechet distance (LeNet-5), label accuracy (cGAN), mode coverage"))
@@ -573,7 +576,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "export", help="SavedModel version + .tflite files (float32, float16)"))
     export_parser.add_argument("--model-base", type=Path, default=MODEL_BASE,
                                help="default: %(default)s")
-    return parser.parse_args(argv)
+    return runner.with_quick_schedule(parser.parse_args(argv), train_parser, QUICK)
 
 
 def main(argv=None) -> None:
@@ -582,7 +585,9 @@ def main(argv=None) -> None:
         runner.configure(args)
         train(runner.config_from_args(TrainConfig, args))
         return
-    run_dir = find_run(args.run_dir, args.model).path
+    run = find_run(args.run_dir, args.model)
+    run.announce()
+    run_dir = run.path
     if args.command == "evaluate":
         evaluate(run_dir, args.evaluator, args.samples)
     elif args.command == "generate":

@@ -350,8 +350,9 @@ def config_from_args(config_class, args: argparse.Namespace, **overrides):
 class RunDir:
     """One run directory: its files, run.json and metrics.json, and the app's last-run mark."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, chosen_by: str = ""):
         self.path = Path(path)
+        self.chosen_by = chosen_by  # how a command came to read this run, for `announce`
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -372,6 +373,13 @@ class RunDir:
     def write_metrics(self, payload: dict) -> None:
         write_json(self.path / "metrics.json", payload)
 
+    def announce(self, file=None) -> None:
+        """The one line with which evaluate, predict and export say which run they read."""
+        path = self.path.resolve()
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        print(f"Using the run in {shown}" + (f" ({self.chosen_by})" if self.chosen_by else ""),
+              file=file)
+
     def mark_last(self, app: str) -> None:
         last = last_run_file(app)
         last.parent.mkdir(parents=True, exist_ok=True)
@@ -386,11 +394,13 @@ def find_run(app: str, run_dir: Path | None = None, model_dir: Path | None = Non
              fallback: Path | None = None) -> RunDir:
     """The run a command reads: --run-dir; else the default directory of the --model named;
     else the app's last trained run; else `fallback` (where runs were kept before LAST)."""
-    if run_dir is not None or model_dir is not None:
-        return RunDir(run_dir or model_dir)
+    if run_dir is not None:
+        return RunDir(run_dir, "--run-dir")
+    if model_dir is not None:
+        return RunDir(model_dir, "--model's run")
     last = last_run_file(app)
     if last.is_file():
-        return RunDir(Path(last.read_text().strip()))
+        return RunDir(Path(last.read_text().strip()), "trained last; --run-dir chooses another")
     if fallback is not None:
         return RunDir(fallback)
     raise UsageError(f"no trained {app} run yet: run `python -m apps.{app} train` first, or"
@@ -504,6 +514,27 @@ def add_training_options(parser: argparse.ArgumentParser, epochs: int | None,
     parser.add_argument("--backup-every", type=int, default=None, metavar="STEPS",
                         help="back up every STEPS batches (default: every"
                         f" {backup.BACKUP_SECONDS:g} s and at each epoch end)")
+
+
+def add_quick_option(train_parser: argparse.ArgumentParser, schedule: dict) -> None:
+    """--quick: the shorter schedule that `make demo` trains (`schedule`: option -> value)."""
+    shown = ", ".join(f"--{option.replace('_', '-')} {value}" for option, value in
+                      schedule.items())
+    train_parser.add_argument(
+        "--quick", action="store_true",
+        help=f"the shorter schedule that `make demo` trains ({shown}): a weaker model than"
+             " the default schedule's (both figures in README.md); options given still win")
+
+
+def with_quick_schedule(args: argparse.Namespace, train_parser: argparse.ArgumentParser,
+                        schedule: dict) -> argparse.Namespace:
+    """`train --quick`: `schedule`'s values for the options the command line left at their
+    defaults."""
+    if getattr(args, "quick", False):
+        for option, value in schedule.items():
+            if getattr(args, option) == train_parser.get_default(option):
+                setattr(args, option, value)
+    return args
 
 
 def print_table(rows: list[dict], file=None) -> None:

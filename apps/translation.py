@@ -39,6 +39,7 @@ DEFAULT_DATA = "numbers"  # the generated corpus; else a tab-separated file or z
 CORPUS_SIZE = number_corpus.DEFAULT_SIZE
 EPOCHS = 4
 BATCH_SIZE = 64  # per replica
+QUICK = {"size": 12_000, "epochs": 3}  # `train --quick`, what `make demo` trains
 MAX_LENGTH = 40  # tokens; longer training pairs are dropped (test pairs never are)
 MAX_TOKENS = 20_000  # per vocabulary
 VALIDATION_SIZE = 0.05  # share of the pairs (or a count when >= 1)
@@ -380,7 +381,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         tflite=export_lib.TFLiteFiles(APP, TFLITE_SIGNATURES, variants=LITE_VARIANTS,
                                       check=check, archive=lite_archive(translator,
                                                                         source_length)),
-        report={"checked_sentences": len(check_set), "source_length": source_length},
+        report={"run": str(run.path.resolve()), "checked_sentences": len(check_set),
+                "source_length": source_length},
         progress=not quiet,
     )
     if not quiet:
@@ -442,12 +444,9 @@ def served_figures(version_dir: Path, run_dir: Path | None = None, examples: int
 # ---------------------------------------------------------------------------------------------
 
 
-DEMO_SIZE, DEMO_EPOCHS = 12_000, 3  # a short run: `make demo` trains every app in turn
-
-
 def demo(model_base: Path = MODEL_BASE) -> dict:
     """`make demo`'s share: an en-fr model on the generated corpus, evaluated, exported."""
-    metrics = train(TrainConfig(size=DEMO_SIZE, epochs=DEMO_EPOCHS, verbose=2))
+    metrics = train(TrainConfig(**QUICK, verbose=2))
     report = export(model_base=model_base, quiet=True)
     return {
         "app": "translation (BiGRU + attention, en-fr)",
@@ -525,6 +524,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="held-out test pairs: a share below 1, else a count"
                                    " (default: %(default)s)")
     runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
+    runner.add_quick_option(train_parser, QUICK)
 
     with_search(with_run_dir(commands.add_parser(
         "evaluate", help="sacreBLEU, chrF, examples and attention heat map on the test split")))
@@ -539,7 +539,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "export", help="SavedModel version (strings in and out) + .tflite files"))
     export_parser.add_argument("--model-base", type=Path, default=MODEL_BASE,
                                help="default: %(default)s")
-    return parser.parse_args(argv)
+    return runner.with_quick_schedule(parser.parse_args(argv), train_parser, QUICK)
 
 
 def main(argv=None) -> None:
@@ -547,17 +547,22 @@ def main(argv=None) -> None:
     if args.command == "train":
         runner.configure(args)
         train(runner.config_from_args(TrainConfig, args))
-    elif args.command == "evaluate":
-        evaluate(args.run_dir, args.beam_width, args.alpha)
+        return
+    if args.command == "translate" and bool(args.sentences) == bool(args.file):
+        raise UsageError("translate: give sentences or --file FILE (one of the two)")
+    run = find_run(args.run_dir)
+    # translate's stdout is the translations, line for line with its input: kept clean for pipes
+    run.announce(file=sys.stderr if args.command == "translate" else None)
+    run_dir = run.path
+    if args.command == "evaluate":
+        evaluate(run_dir, args.beam_width, args.alpha)
     elif args.command == "translate":
-        if bool(args.sentences) == bool(args.file):
-            raise UsageError("translate: give sentences or --file FILE (one of the two)")
         sentences = args.sentences or read_sentences(args.file)
-        for line in translate(sentences, args.run_dir, args.beam_width, args.alpha):
+        for line in translate(sentences, run_dir, args.beam_width, args.alpha):
             print(line)
         sys.stdout.flush()
     elif args.command == "export":
-        export(args.run_dir, args.model_base)
+        export(run_dir, args.model_base)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,7 @@ MNIST_MODELS = ("lenet5", "lenet5-modern")
 def demo_config(app: str, run_dir: Path):
     """The app's `make demo` schedule, trained into `run_dir`; not marked as the user's last run."""
     module = importlib.import_module(f"apps.{app}")
-    schedule = {"gan": {"model": "cgan", "epochs": getattr(module, "DEMO_EPOCHS", None)},
-                "translation": {"size": getattr(module, "DEMO_SIZE", None),
-                                "epochs": getattr(module, "DEMO_EPOCHS", None)},
-                "captioning": {"scenes": getattr(module, "DEMO_SCENES", None),
-                               "epochs": getattr(module, "DEMO_EPOCHS", None)}}.get(app, {})
+    schedule = {**getattr(module, "QUICK", {}), **({"model": "cgan"} if app == "gan" else {})}
     return module.TrainConfig(**schedule, run_dir=run_dir, verbose=0, mark_last=False)
 
 

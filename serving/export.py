@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from serving.startup_logs import quiet_startup
+
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 EXTRA_DIR = "assets.extra"
 
@@ -93,7 +95,8 @@ def convert_to_tflite(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with quiet_startup():  # the MLIR quantiser prints its settings on stderr
+        return converter.convert()
 
 
 @dataclass

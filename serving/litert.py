@@ -21,7 +21,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
+
+from serving.startup_logs import quiet_startup
+
+with quiet_startup():
+    from ai_edge_litert.interpreter import Interpreter
 
 
 class LiteRTModel:
@@ -46,6 +50,7 @@ class SignatureRunner:
         self.runner = runner
         self.input_details = runner.get_input_details()
         self.output_details = runner.get_output_details()
+        self.called = False
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         missing = sorted(set(self.input_details) - set(inputs))
@@ -54,7 +59,12 @@ class SignatureRunner:
             raise KeyError(f"missing inputs {missing}; the signature takes {takes}")
         feed = {name: _quantize(np.asarray(inputs[name]), details)
                 for name, details in self.input_details.items()}
-        outputs = self.runner(**feed)
+        if self.called:
+            outputs = self.runner(**feed)
+        else:  # the first call applies the XNNPACK delegate, which announces itself on stderr
+            with quiet_startup():
+                outputs = self.runner(**feed)
+            self.called = True
         return {name: _dequantize(value, self.output_details[name])
                 for name, value in outputs.items()}
 

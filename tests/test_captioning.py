@@ -177,8 +177,8 @@ def test_caption_command_prints_one_caption_per_image(trained, captioner, data, 
         paths.append(tmp_path / f"scene{i}.png")
         paths[-1].write_bytes(png_bytes(data.test.images[i]))
     captioning.main(["caption", *map(str, paths), "--run-dir", str(trained[0])])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
+    using, *lines = capsys.readouterr().out.strip().splitlines()
+    assert using == f"Using the run in {trained[0]} (--run-dir)" and len(lines) == 2
     assert [line.split(": ", 1)[1] for line in lines] == captioner.captions(data.test.images[:2])
     assert lines[0].startswith(str(paths[0]))
 
