@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from apps import backup
@@ -551,8 +552,14 @@ def print_table(rows: list[dict], file=None) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)), file=file)
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {str(message).strip().splitlines()[0]} ({category.__name__})\n"
+
+
 def run_cli(main, argv=None) -> None:
-    """Runs `main(argv)`; bad input ends in one line on stderr and exit status 2."""
+    """Runs `main(argv)`; bad input ends in one line on stderr and exit status 2, a warning is
+    one line too (not Python's two, with the source line of a library the user did not write)."""
+    warnings.formatwarning = one_line_warning
     try:
         main(argv)
     except DataError as error:
