@@ -47,27 +47,43 @@ TEST_SIZE = 0.05
 EXAMPLES = 8
 SEED = 42
 MODEL_BASE = Path("saved_models")
+MODELS = ("rnn", "transformer")
+# What --layers, --dropout, --label-smoothing and --learning-rate default to, per model.
+MODEL_DEFAULTS = {
+    "rnn": {"layers": seq2seq.NUM_LAYERS, "dropout": seq2seq.DROPOUT,
+            "label_smoothing": seq2seq.LABEL_SMOOTHING, "learning_rate": seq2seq.LEARNING_RATE},
+    "transformer": {"layers": seq2seq.TRANSFORMER_LAYERS, "dropout": seq2seq.TRANSFORMER_DROPOUT,
+                    "label_smoothing": seq2seq.TRANSFORMER_LABEL_SMOOTHING,
+                    "learning_rate": seq2seq.TRANSFORMER_LEARNING_RATE},
+}
 
 
 @dataclass(kw_only=True)
 class TrainConfig(runner.TrainingConfig):
-    """`train`'s options. `max_tokens` is one vocabulary size for both languages or (source,
-    target); `learning_rate` is the peak rate for one replica's batch (scaled with the
-    replicas); `train_limit` trains on the first N training pairs only."""
+    """`train`'s options. `model` rnn: `cell`, `units`, `embedding_dim`, `attention`;
+    transformer: `heads`, `d_model`, `ff`; both: `layers` (the RNN's bidirectional encoder
+    layers, the Transformer's per stack) and `dropout`, `label_smoothing`, `learning_rate`
+    (None: the model's default, MODEL_DEFAULTS). `max_tokens` is one vocabulary size for both
+    languages or (source, target); `learning_rate` is the peak rate for one replica's batch
+    (scaled with the replicas); `train_limit` trains on the first N training pairs only."""
 
     data: str = DEFAULT_DATA
     pair: str = number_corpus.DEFAULT_PAIR
     epochs: int = EPOCHS
     batch_size: int = BATCH_SIZE
     seed: int = SEED
+    model: str = "rnn"
     cell: str = seq2seq.CELL
-    layers: int = seq2seq.NUM_LAYERS  # bidirectional encoder layers
     units: int = seq2seq.UNITS
     embedding_dim: int = seq2seq.EMBEDDING_DIM
     attention: str = seq2seq.ATTENTION
-    dropout: float = seq2seq.DROPOUT
-    label_smoothing: float = seq2seq.LABEL_SMOOTHING
-    learning_rate: float = seq2seq.LEARNING_RATE
+    heads: int = seq2seq.HEADS
+    d_model: int = seq2seq.D_MODEL
+    ff: int = seq2seq.FF
+    layers: int | None = None
+    dropout: float | None = None
+    label_smoothing: float | None = None
+    learning_rate: float | None = None
     lowercase: bool = False
     reverse: bool = False
     size: int = CORPUS_SIZE
@@ -79,6 +95,14 @@ class TrainConfig(runner.TrainingConfig):
     evaluate_after: bool = True
 
     def __post_init__(self):
+        if self.model not in MODELS:
+            raise UsageError(f"--model {self.model}: choose from {', '.join(MODELS)}")
+        if self.model == "transformer" and self.d_model % self.heads:
+            raise UsageError(f"--d-model {self.d_model} must be a multiple of --heads"
+                             f" {self.heads}")
+        for option, default in MODEL_DEFAULTS[self.model].items():
+            if getattr(self, option) is None:
+                setattr(self, option, default)
         if self.cell not in CELLS:
             raise UsageError(f"--cell {self.cell}: choose from {', '.join(CELLS)}")
         if self.attention not in ATTENTIONS:
@@ -89,9 +113,10 @@ class TrainConfig(runner.TrainingConfig):
         self.max_tokens = tuple(sizes * 2)[:2]  # (source, target)
 
 
-def default_run_dir(data: str = DEFAULT_DATA, pair: str = number_corpus.DEFAULT_PAIR) -> Path:
+def default_run_dir(data: str = DEFAULT_DATA, pair: str = number_corpus.DEFAULT_PAIR,
+                    model: str = "rnn") -> Path:
     name = pair if data == DEFAULT_DATA else Path(data).name.split(".")[0]
-    return runner.RUNS_ROOT / APP / name
+    return runner.RUNS_ROOT / APP / (name if model == "rnn" else f"{name}-{model}")
 
 
 def find_run(run_dir: Path | None = None) -> runner.RunDir:
@@ -99,8 +124,13 @@ def find_run(run_dir: Path | None = None) -> runner.RunDir:
     return runner.find_run(APP, run_dir, fallback=default_run_dir())
 
 
-def model_of_run(run: dict, source_vocab: int, target_vocab: int) -> keras.Model:
+def model_of_run(run: dict, source_vocab: int, target_vocab: int,
+                 max_output_length: int) -> keras.Model:
     """An untrained model of the architecture a run's config (run.json, or `asdict`) names."""
+    if run.get("model", "rnn") == "transformer":
+        return seq2seq.build_transformer(source_vocab, target_vocab, max_output_length,
+                                         run["layers"], run["heads"], run["d_model"], run["ff"],
+                                         run["dropout"])
     return seq2seq.build_model(source_vocab, target_vocab, run["embedding_dim"], run["units"],
                                run["layers"], run["cell"], run["attention"], run["dropout"])
 
@@ -151,7 +181,8 @@ def train(config: TrainConfig | None = None) -> dict:
     reports sacreBLEU on the test split. A re-run of a killed run resumes exactly from its
     newest backup (`runner.fit`)."""
     config = config or TrainConfig()
-    run = runner.TrainingRun(APP, config, default_run_dir(config.data, config.pair))
+    run = runner.TrainingRun(APP, config, default_run_dir(config.data, config.pair,
+                                                          config.model))
     corpus = load_corpus(config.data, config.pair, config.size, config.reverse,
                          config.validation_size, config.test_size)
     train_pairs = corpus.train[: config.train_limit] if config.train_limit else corpus.train
@@ -172,14 +203,15 @@ def train(config: TrainConfig | None = None) -> dict:
     # Every length bucket ends in a partial batch: more batches than pairs / global batch.
     steps_per_epoch = int(epoch_batches(0).cardinality())
     longest_target = max(len(t) for t in train_ids[1]) - 1  # tokens after [start], [end] included
+    max_output_length = longest_target + seq2seq.OUTPUT_MARGIN
     learning_rate = run.scaled_learning_rate(config.learning_rate)
     run.start(corpus=corpus.name, splits=list(corpus.splits), train_pairs=len(train_ids[0]),
-              max_output_length=longest_target + seq2seq.OUTPUT_MARGIN,
-              global_learning_rate=learning_rate)
+              max_output_length=max_output_length, global_learning_rate=learning_rate)
     text_pairs.write_vocabulary(run.path / "source_vocab.txt", source.vocabulary)
     text_pairs.write_vocabulary(run.path / "target_vocab.txt", target.vocabulary)
     with run.strategy.scope():
-        model = model_of_run(dataclasses.asdict(config), source.size, target.size)
+        model = model_of_run(dataclasses.asdict(config), source.size, target.size,
+                             max_output_length)
         seq2seq.compile_model(model, config.epochs * steps_per_epoch, config.label_smoothing,
                               learning_rate)
     steps = run.fit(model, epoch_batches, steps_per_epoch=steps_per_epoch,
@@ -252,18 +284,24 @@ def plot_attention(translator: Translator, sentence: str, path: Path) -> Path:
 
     best = translator.best_ids([sentence])
     output_ids = best["tokens"][0][: best["lengths"][0]]
-    weights = translator.attention(sentence, output_ids)  # [outputs, source tokens]
+    # [outputs, source tokens]; a Transformer's last layer gives one map per head
+    weights = translator.attention(sentence, output_ids)
+    maps = weights[None] if weights.ndim == 2 else weights
     source_tokens = [t.decode() for t in translator.source.tokens(
         translator.source.ids(tf.constant([sentence]))).to_list()[0]]
     output_tokens = [t.decode() or "[end]" for t in translator.target.tokens(
         tf.constant(output_ids)).numpy()]
-    figure, axis = plt.subplots(figsize=(0.45 * len(source_tokens) + 2.5,
+    figure, axes = plt.subplots(1, len(maps), squeeze=False,
+                                figsize=(len(maps) * (0.45 * len(source_tokens) + 2.5),
                                          0.35 * len(output_tokens) + 2))
-    axis.imshow(weights, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-    axis.set_xticks(range(len(source_tokens)), [t if t != " " else "␣" for t in source_tokens],
-                    rotation=60, ha="right")
-    axis.set_yticks(range(len(output_tokens)), [t if t != " " else "␣" for t in output_tokens])
-    axis.set(xlabel="source", ylabel="translation", title="Attention weights")
+    for head, (axis, heat) in enumerate(zip(axes[0], maps)):
+        axis.imshow(heat, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        axis.set_xticks(range(len(source_tokens)),
+                        [t if t != " " else "␣" for t in source_tokens], rotation=60, ha="right")
+        axis.set_yticks(range(len(output_tokens)),
+                        [t if t != " " else "␣" for t in output_tokens])
+        axis.set(xlabel="source", ylabel="translation",
+                 title="Attention weights" if len(maps) == 1 else f"Cross-attention, head {head}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -481,7 +519,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         return sub
 
     train_parser = with_run_dir(commands.add_parser("train", help="train a model"),
-                                "runs/translation/<pair or file name>")
+                                "runs/translation/<pair or file name>[-transformer]")
     train_parser.add_argument(
         "--data", default=DEFAULT_DATA,
         help="numbers (the generated number and date corpus, default) or a tab-separated file"
@@ -491,24 +529,40 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="language pair of the generated corpus (default: %(default)s)")
     train_parser.add_argument("--reverse", action="store_true",
                               help="translate the file's second column into its first")
-    train_parser.add_argument("--cell", choices=CELLS, default=seq2seq.CELL,
-                              help="default: %(default)s")
-    train_parser.add_argument("--layers", type=int, default=seq2seq.NUM_LAYERS,
-                              help="bidirectional encoder layers (default: %(default)s)")
-    train_parser.add_argument("--units", type=int, default=seq2seq.UNITS,
-                              help="units per encoder direction; the decoder has twice as many"
-                                   " (default: %(default)s)")
-    train_parser.add_argument("--embedding-dim", type=int, default=seq2seq.EMBEDDING_DIM,
-                              help="default: %(default)s")
-    train_parser.add_argument("--attention", choices=ATTENTIONS, default=seq2seq.ATTENTION,
-                              help="score function (default: %(default)s)")
-    train_parser.add_argument("--dropout", type=float, default=seq2seq.DROPOUT,
-                              help="default: %(default)s")
-    train_parser.add_argument("--label-smoothing", type=float, default=seq2seq.LABEL_SMOOTHING,
-                              help="default: %(default)s")
-    train_parser.add_argument("--learning-rate", type=float, default=seq2seq.LEARNING_RATE,
+    train_parser.add_argument("--model", choices=MODELS, default="rnn",
+                              help="rnn: BiGRU/LSTM encoder, attention decoder; transformer:"
+                                   " Vaswani et al.'s, pre-layer-norm (default: %(default)s)")
+
+    def per_model(option):
+        rnn, transformer = (MODEL_DEFAULTS[m][option] for m in MODELS)
+        return f"default: {rnn} (rnn), {transformer} (transformer)"
+
+    train_parser.add_argument("--layers", type=int,
+                              help="rnn: bidirectional encoder layers; transformer: layers per"
+                                   f" stack ({per_model('layers')})")
+    train_parser.add_argument("--dropout", type=float, help=per_model("dropout"))
+    train_parser.add_argument("--label-smoothing", type=float, help=per_model("label_smoothing"))
+    train_parser.add_argument("--learning-rate", type=float,
                               help="peak Adam learning rate for one replica's batch; N"
-                                   " replicas train at N times it (default: %(default)s)")
+                                   f" replicas train at N times it ({per_model('learning_rate')})")
+    rnn_options = train_parser.add_argument_group("rnn")
+    rnn_options.add_argument("--cell", choices=CELLS, default=seq2seq.CELL,
+                             help="default: %(default)s")
+    rnn_options.add_argument("--units", type=int, default=seq2seq.UNITS,
+                             help="units per encoder direction; the decoder has twice as many"
+                                  " (default: %(default)s)")
+    rnn_options.add_argument("--embedding-dim", type=int, default=seq2seq.EMBEDDING_DIM,
+                             help="default: %(default)s")
+    rnn_options.add_argument("--attention", choices=ATTENTIONS, default=seq2seq.ATTENTION,
+                             help="score function (default: %(default)s)")
+    transformer_options = train_parser.add_argument_group("transformer")
+    transformer_options.add_argument("--heads", type=int, default=seq2seq.HEADS,
+                                     help="attention heads (default: %(default)s)")
+    transformer_options.add_argument("--d-model", type=int, default=seq2seq.D_MODEL,
+                                     help="width of every layer (default: %(default)s)")
+    transformer_options.add_argument("--ff", type=int, default=seq2seq.FF,
+                                     help="hidden units of the feed-forward layers"
+                                          " (default: %(default)s)")
     train_parser.add_argument("--lowercase", action="store_true",
                               help="lower-case all text (BLEU then ignores case)")
     train_parser.add_argument("--size", type=int, default=CORPUS_SIZE,

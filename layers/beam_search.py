@@ -168,6 +168,8 @@ class EncoderDecoderSearch:
 
         encoder(inputs, training=False) -> memory [batch, time, features], mask [batch, time],
                                            the decoder's initial state
+        decoder.start_state(memory, state) -> the search's initial state, when the decoder has
+                                           one (`layers.transformer`: an empty key/value cache)
         decoder.prepare_memory(memory)  -> attention keys, once per input
         decoder.step(tokens, state, memory, keys, mask) -> log_probs, state, attention weights
 
@@ -185,6 +187,9 @@ class EncoderDecoderSearch:
     def encode(self, inputs):
         """inputs [batch, ...] -> memory, attention keys, mask and the initial decoder state."""
         memory, mask, state = self.encoder(inputs, training=False)
+        start_state = getattr(self.decoder, "start_state", None)
+        if start_state is not None:  # a Transformer's empty cache (an RNN's comes from the encoder)
+            state = start_state(memory, state)
         return memory, self.decoder.prepare_memory(memory), mask, state
 
     def decode_step(self, tokens, state, memory, keys, mask):

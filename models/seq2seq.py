@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from layers.attention import ATTENTIONS, CELLS, AttentionDecoder
 from layers.beam_search import EncoderDecoderSearch
+from layers.transformer import TransformerDecoder, TransformerEncoder
 from models.sequence_training import MaskedAccuracy, MaskedCrossEntropy, warmup_cosine_adam
 from pipelines import text_pairs
 
@@ -40,6 +41,16 @@ LABEL_SMOOTHING = 0.0
 LEARNING_RATE = 3e-3  # Adam, with a short warm-up and a cosine decay to zero
 WARMUP_SHARE = 0.05
 CLIP_NORM = 1.0  # RNN gradients can spike; clipping keeps one bad batch from wrecking the run
+# The Transformer (`--model transformer`): a small base model (Vaswani et al. use 6 layers of
+# 512 with 8 heads and 2,048 hidden units), sized for a CPU.
+TRANSFORMER_LAYERS = 3  # per stack
+HEADS = 4
+D_MODEL = 256
+FF = 1024
+TRANSFORMER_DROPOUT = 0.1
+TRANSFORMER_LABEL_SMOOTHING = 0.1
+TRANSFORMER_LEARNING_RATE = 1e-3
+SOURCE_POSITIONS = 512  # the longest source sentence the encoder's positions reach
 BEAM_WIDTH = 4
 ALPHA = 0.6  # GNMT's length penalty exponent
 OUTPUT_MARGIN = 10  # tokens a translation may run past the longest training target
@@ -118,6 +129,22 @@ def build_model(source_vocab: int, target_vocab: int, embedding_dim: int = EMBED
     memory, memory_mask, initial_state = encoder(source)
     logits = decoder(target_in, memory, memory_mask, initial_state)
     return keras.Model([source, target_in], logits, name=f"{cell}_{attention}_translator")
+
+
+def build_transformer(source_vocab: int, target_vocab: int, max_output_length: int,
+                      layers: int = TRANSFORMER_LAYERS, heads: int = HEADS, d_model: int = D_MODEL,
+                      ff: int = FF, dropout: float = TRANSFORMER_DROPOUT) -> keras.Model:
+    """The Transformer with the RNN model's inputs and outputs; the decoder's key/value cache
+    holds `max_output_length` positions (the longest translation the search writes)."""
+    source = keras.Input((None,), dtype="int32", name="source")
+    target_in = keras.Input((None,), dtype="int32", name="target_in")
+    encoder = TransformerEncoder(source_vocab, SOURCE_POSITIONS, layers, heads, d_model, ff,
+                                 dropout, name="encoder")
+    decoder = TransformerDecoder(target_vocab, max_output_length, layers, heads, d_model, ff,
+                                 dropout, name="decoder")
+    memory, memory_mask, _ = encoder(source)
+    logits = decoder(target_in, memory, memory_mask)
+    return keras.Model([source, target_in], logits, name="transformer_translator")
 
 
 def compile_model(model: keras.Model, steps: int, label_smoothing: float = LABEL_SMOOTHING,
@@ -257,12 +284,16 @@ def serving_archive(translator: Translator, beam_width: int = BEAM_WIDTH,
 
 def lite_archive(translator: Translator, source_length: int) -> keras.export.ExportArchive:
     """`encode` and `decode_step` with fixed batch 1 and a static source length: LiteRT runs
-    the RNN loops with builtin ops, and the decoding loop runs outside, in numpy."""
+    the RNN loops (or the Transformer's blocks) with builtin ops, and the decoding loop runs
+    outside, in numpy. The decoder's state is `state_0`, `state_1`...: an RNN's h (and c), a
+    Transformer's key/value cache and position."""
     archive = keras.export.ExportArchive()
     archive.track(translator.model)
-    decoder = translator.decoder
-    memory_width, units = 2 * translator.encoder.units, decoder.units
-    states = decoder.state_count
+    # The shapes of what encode returns, from one real call (they differ between models).
+    memory, keys, mask, state = translator.encode(tf.zeros([1, source_length], tf.int32))
+
+    def spec(tensor, name):
+        return tf.TensorSpec(tensor.shape, tensor.dtype, name=name)
 
     def encode(source):  # int32 [1, S], 0-padded
         memory, keys, mask, state = translator.encode(source)
@@ -278,10 +309,6 @@ def lite_archive(translator: Translator, source_length: int) -> keras.export.Exp
     archive.add_endpoint("encode", encode, input_signature=[
         tf.TensorSpec([1, source_length], tf.int32, name="source")])
     archive.add_endpoint("decode_step", decode_step, input_signature=[
-        tf.TensorSpec([1], tf.int32, name="token"),
-        tf.TensorSpec([1, source_length, memory_width], tf.float32, name="memory"),
-        tf.TensorSpec([1, source_length, units], tf.float32, name="keys"),
-        tf.TensorSpec([1, source_length], tf.float32, name="source_mask"),
-        *[tf.TensorSpec([1, units], tf.float32, name=f"state_{i}") for i in range(states)],
-    ])
+        tf.TensorSpec([1], tf.int32, name="token"), spec(memory, "memory"), spec(keys, "keys"),
+        spec(mask, "source_mask"), *[spec(s, f"state_{i}") for i, s in enumerate(state)]])
     return archive
