@@ -11,15 +11,17 @@ from bench import (
     mnist_lenet,
     scaling,
     serving,
+    transformer_speed,
     translation,
 )
 
 # gan after mnist_lenet: it judges with the LeNet-5 that mnist_lenet trained (runs/bench/lenet5).
 BENCHMARKS = [
-    mnist_lenet, mnist_layers, lenet_training, lenet_kernels, scaling, inference, serving, gan,
-    fraud, translation, captioning,
+    (mnist_lenet, []), (mnist_layers, []), (lenet_training, []), (lenet_kernels, []),
+    (scaling, []), (inference, []), (serving, []), (gan, []), (fraud, []), (translation, []),
+    (translation, ["--model", "transformer"]), (transformer_speed, []), (captioning, []),
 ]
 
 if __name__ == "__main__":
-    for benchmark in BENCHMARKS:
-        benchmark.main([])
+    for benchmark, argv in BENCHMARKS:
+        benchmark.main(argv)
