@@ -604,6 +604,8 @@ def main(argv=None) -> None:
         return
     if args.command == "translate" and bool(args.sentences) == bool(args.file):
         raise UsageError("translate: give sentences or --file FILE (one of the two)")
+    # A bad input file is reported before anything else, as its one line.
+    sentences = (args.sentences or read_sentences(args.file)) if args.command == "translate" else []
     run = find_run(args.run_dir)
     # translate's stdout is the translations, line for line with its input: kept clean for pipes
     run.announce(file=sys.stderr if args.command == "translate" else None)
@@ -611,7 +613,6 @@ def main(argv=None) -> None:
     if args.command == "evaluate":
         evaluate(run_dir, args.beam_width, args.alpha)
     elif args.command == "translate":
-        sentences = args.sentences or read_sentences(args.file)
         for line in translate(sentences, run_dir, args.beam_width, args.alpha):
             print(line)
         sys.stdout.flush()

@@ -69,7 +69,8 @@ def test_small_model_reaches_high_bleu_where_an_untrained_copy_scores_near_zero(
 
     run = json.loads((run_dir / "run.json").read_text())
     untrained = seq2seq.Translator(
-        tr.model_of_run(run, translator.source.size, translator.target.size),
+        tr.model_of_run(run, translator.source.size, translator.target.size,
+                        translator.max_output_length),
         translator.source, translator.target, translator.max_output_length)
     test = corpus.test[:TEST_SENTENCES]
     hypotheses = untrained.translate([s for s, _ in test])
