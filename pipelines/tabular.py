@@ -302,11 +302,21 @@ def write_scored_csv(path: Path, output: Path, schema: Schema,
                     bar.update(len(scores))
         if rows == 0:
             raise DataError(f"{path}, line 2: no data rows after the header")
+        os.chmod(temporary, file_mode(output))  # mkstemp's file is 0600
         os.replace(temporary, output)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return rows, flagged
+
+
+def file_mode(path: Path) -> int:
+    """The mode a new file at `path` would get (0666 less the umask), or the one it has."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_table_csv(path: Path, table: Table) -> None:

@@ -8,7 +8,8 @@
 
 A version directory is written under a temporary name inside the model's base directory (TF
 Serving ignores names that are not integers) and renamed when complete, so a server polling the
-base never loads half a model and a failed export leaves nothing behind. `write_version` is the
+base never loads half a model and a failed export leaves nothing behind (an export that was
+killed does: the next export removes its directory, named after its process). `write_version` is the
 whole export of an app: SavedModel, assets, each `.tflite` variant converted, written and run in
 the LiteRT interpreter against Keras, and the report.
 """
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +38,41 @@ def versions(model_base: Path) -> list[int]:
     return sorted(int(p.name) for p in model_base.iterdir() if p.name.isdigit() and p.is_dir())
 
 
+STAGING_PREFIX = ".incomplete-"  # then the writing process's id: ".incomplete-4242-x1y2z3"
+STALE_STAGING_SECONDS = 3600  # for a directory whose name holds no process id
+
+
+def remove_stale_staging(model_base: Path) -> None:
+    """Removes what killed exports left (their rename never came): temporary directories whose
+    process is gone. An export still running, in this process or another, keeps its own."""
+    for staging in model_base.glob(STAGING_PREFIX + "*"):
+        writer = staging.name[len(STAGING_PREFIX):].split("-")[0]
+        if writer.isdigit():
+            stale = not process_exists(int(writer))
+        else:
+            try:
+                stale = staging.stat().st_mtime < time.time() - STALE_STAGING_SECONDS
+            except FileNotFoundError:
+                continue  # renamed or removed by another export meanwhile
+        if stale and staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def publish(model_base: Path, write: Callable[[Path], None]) -> Path:
     """Calls `write(directory)` on a temporary directory, then renames it to the next version."""
     model_base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=model_base))
+    remove_stale_staging(model_base)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_base))
     try:
         write(staging)
         umask = os.umask(0)

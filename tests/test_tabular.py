@@ -1,6 +1,8 @@
 """Tabular pipeline and the synthetic transaction generator: what the data says, schemas, splits,
 and bad CSV files reported in one line with file, line and column."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,22 @@ def test_a_table_written_as_csv_reads_back_as_the_same_rows_and_scores_exactly(t
     read = np.loadtxt(scored, delimiter=",", skiprows=1, usecols=(-2, -1))
     np.testing.assert_array_equal(read[:, 0].astype("float32"), scores)
     np.testing.assert_array_equal(read[:, 1], scores > 1.0)
+
+
+def test_a_scored_csv_gets_the_usual_mode_new_and_keeps_its_mode_replaced(tmp_path):
+    source = tmp_path / "rows.csv"
+    tabular.write_table_csv(source, tabular.synthetic_table(500, seed=3))
+    umask = os.umask(0o022)
+    try:
+        scored = tmp_path / "scored.csv"
+        for expected in (0o644, 0o640):  # new: 0666 less the umask; replaced: as it was
+            tabular.write_scored_csv(source, scored, tabular.SYNTHETIC,
+                                     lambda rows: np.zeros(len(rows), "float32"), threshold=1.0,
+                                     progress=False)
+            assert scored.stat().st_mode & 0o777 == expected
+            scored.chmod(0o640)
+    finally:
+        os.umask(umask)
 
 
 def test_ulb_schema_is_recognised_and_the_index_column_ignored(tmp_path):
