@@ -4,13 +4,20 @@ attention writes the caption, beam search picks it, BLEU-1..4 measures it.
     python -m apps.captioning train                          # generated shape scenes
     python -m apps.captioning train --decoder show-and-tell  # no attention, for comparison
     python -m apps.captioning train --data path/to/Flickr8k  # or .../captions_val2017.json
+    python -m apps.captioning train --data ../shared/data/flickr8k --encoder mobilenet_v2 \
+        --encoder-weights ../shared/data/imagenet-weights/mobilenet_v2_1.0_224_no_top.weights.h5
     python -m apps.captioning evaluate                       # BLEU-1..4, examples, attention.png
     python -m apps.captioning caption photo.png scene.jpg    # one caption per image
     python -m apps.captioning export                         # -> saved_models/captioning/<n>/
     python -m serving.litert_captioning MODEL.tflite scene.png  # numpy + LiteRT, no TensorFlow
 
 The captioners, Show and Tell (Vinyals et al., 2015) and Show, Attend and Tell (Xu et al., 2015),
-and their beam-search decoding are defined in `models/captioner.py`.
+and their beam-search decoding are defined in `models/captioner.py`. On real photos,
+`--encoder mobilenet_v2` trains `models/photo_captioner.py` instead: an ImageNet-pretrained
+MobileNetV2 (frozen, its 7x7 grids computed once per run and cached on disk in float16,
+`pipelines/region_grids.py`) under an attention LSTM with Xu et al.'s gate and doubly stochastic
+attention; the best epoch is chosen by validation BLEU-4 and the beam width and length penalty
+on validation too (`models/photo_training.py`).
 
 Quality is corpus BLEU-1..4 with sacreBLEU against all references of each held-out image
 (multi-reference BLEU: an n-gram counts when any reference has it, clipped by the reference that
@@ -22,6 +29,7 @@ takes encoded image bytes and returns the caption, and `.tflite` files with an `
 """
 
 import argparse
+import json
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +41,8 @@ import tensorflow as tf
 
 from apps import runner
 from apps.runner import UsageError
+from models import photo_captioner as photo
+from models import photo_training
 from models.captioner import (
     ALPHA,
     BEAM_WIDTH,
@@ -51,11 +61,13 @@ from models.sequence_training import (
     in_float32,
     warmup_cosine_adam,
 )
-from pipelines import DataError, shape_scenes, text_pairs
+from pipelines import DataError, region_grids, shape_scenes, text_pairs
 from pipelines import captions as caption_data
+from pipelines.captions import bleu_scores, most_frequent_caption
 from serving import export as export_lib
 
 APP = "captioning"
+PHOTO_ENCODER = photo.BACKBONE
 DEFAULT_DATA = "scenes"
 SCENES = shape_scenes.DEFAULT_SIZE
 IMAGE_SIZE = shape_scenes.IMAGE_SIZE  # real photos are resized to this too (--image-size)
@@ -70,6 +82,10 @@ MAX_CAPTION_TOKENS = 30  # longer training captions are cut (real captions run l
 EXAMPLES = 8
 SEED = 42
 MODEL_BASE = Path("saved_models")
+# --encoder mobilenet_v2 on photos: the defaults of the options left as they are; a batch is 32
+# photos, each with all of its (5) captions.
+PHOTO = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "units": 512,
+         "embedding_dim": 256, "image_size": 224}
 
 
 @dataclass(kw_only=True)
@@ -92,15 +108,36 @@ class TrainConfig(runner.TrainingConfig):
     learning_rate: float = LEARNING_RATE
     backbone: str | None = None
     backbone_weights: str | None = None
+    encoder_alpha: float | None = None
+    min_count: int = region_grids.MIN_COUNT
     evaluate_after: bool = True
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
             raise UsageError(f"--decoder {self.decoder}: choose from {', '.join(DECODERS)}")
-        if self.backbone and not hasattr(keras.applications, self.backbone):
+        if self.backbone == PHOTO_ENCODER:
+            self._photo_defaults()
+        elif self.backbone and not hasattr(keras.applications, self.backbone):
             raise UsageError(f"--encoder {self.backbone}: not a keras.applications model")
         if self.backbone_weights and not Path(self.backbone_weights).is_file():
             raise DataError(f"{self.backbone_weights}: no such weights file (--encoder-weights)")
+
+    def _photo_defaults(self):
+        """--encoder mobilenet_v2: photos, PHOTO's defaults, the weights file checked (alpha)."""
+        if self.data == DEFAULT_DATA:
+            raise UsageError(f"--encoder {PHOTO_ENCODER} captions photos: --data names a"
+                             " Flickr8k folder or a COCO captions JSON")
+        for name, value in PHOTO.items():
+            if getattr(self, name) == getattr(TrainConfig, name):
+                setattr(self, name, value)
+        if not self.backbone_weights:
+            raise UsageError(f"--encoder {PHOTO_ENCODER} needs --encoder-weights: a local"
+                             " .weights.h5 file, or imagenet (downloads)")
+        if self.backbone_weights == "imagenet":
+            self.encoder_alpha = self.encoder_alpha or 1.0
+        else:
+            self.encoder_alpha = photo.check_backbone_weights(self.backbone_weights,
+                                                        self.encoder_alpha)
 
 
 def default_run_dir(data: str = DEFAULT_DATA, decoder: str = DECODER) -> Path:
@@ -178,37 +215,6 @@ def compile_model(model: keras.Model, steps: int, learning_rate: float = LEARNIN
 
 
 # ---------------------------------------------------------------------------------------------
-# BLEU and baselines
-# ---------------------------------------------------------------------------------------------
-
-
-def bleu_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
-    """Corpus BLEU-1..4 (0-100) with sacreBLEU against every reference of each image. sacreBLEU
-    takes reference streams of equal length: an image with fewer references repeats its last
-    one, which changes nothing (clipping takes the maximum count, the closest length is the
-    same)."""
-    from sacrebleu.metrics import BLEU
-
-    most = max(len(r) for r in references)
-    streams = [[refs[min(k, len(refs) - 1)] for refs in references] for k in range(most)]
-    scores = {}
-    for n in range(1, 5):
-        metric = BLEU(max_ngram_order=n, lowercase=True)
-        scores[f"bleu{n}"] = float(metric.corpus_score(hypotheses, streams).score)
-    scores["bleu_signature"] = str(metric.get_signature())
-    return scores
-
-
-def most_frequent_caption(split: caption_data.Split) -> str:
-    """The "most frequent caption" baseline: the training caption that occurs most often."""
-    counts: dict[str, int] = {}
-    for refs in split.references:
-        for caption in refs:
-            counts[caption] = counts.get(caption, 0) + 1
-    return max(sorted(counts), key=counts.get)
-
-
-# ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
 
@@ -218,6 +224,8 @@ def train(config: TrainConfig | None = None) -> dict:
     reports BLEU-1..4 on the held-out split. A re-run of a killed run resumes exactly from its
     newest backup (`runner.fit`)."""
     config = config or TrainConfig()
+    if config.backbone == PHOTO_ENCODER:
+        return train_photos(config)
     run = runner.TrainingRun(APP, config, default_run_dir(config.data, config.decoder))
     dataset = load_data(config.data, config.scenes, config.objects)
     if not len(dataset.train) or not len(dataset.validation) or not len(dataset.test):
@@ -259,6 +267,86 @@ def train(config: TrainConfig | None = None) -> dict:
               + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
               + f" ({metrics['test_images']} images), run directory {run.path}")
     return run.finish(metrics)
+
+
+def train_photos(config: TrainConfig) -> dict:
+    """--encoder mobilenet_v2: the photos' grids cached once, the decoder trained on them, the
+    best epoch by validation BLEU-4, the beam width and length penalty chosen on validation
+    (decoding.json), then the test figures."""
+    run = runner.TrainingRun(APP, config, default_run_dir(config.data, PHOTO_ENCODER))
+    dataset = load_data(config.data)
+    text = region_grids.photo_captions({"train": dataset.train.references,
+                                        "validation": dataset.validation.references},
+                                       config.min_count)
+    settings = {"alpha": config.encoder_alpha, "captions_per_photo": text.per_photo,
+                "caption_length": text.length + 1, "image_size": config.image_size,
+                "embedding_dim": config.embedding_dim, "units": config.units}
+    with run.strategy.scope():
+        photo_model, grid_model = photo.build_photo_models(text.tokenizer.size, **settings,
+                                                           weights=config.backbone_weights)
+    weights = config.backbone_weights
+    cache = region_grids.RegionCache(
+        run.path / "region_grids", tf.function(photo_model.get_layer("encoder").grid),
+        {"backbone": PHOTO_ENCODER, "alpha": config.encoder_alpha,
+         "weights": weights if weights == "imagenet" else region_grids.file_digest(weights)},
+        config.image_size)
+    grids = region_grids.cached_grids(cache, {"train": dataset.train.images,
+                                              "validation": dataset.validation.images}, run.path)
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:
+        return region_grids.grid_batches(grids["train"], text.blocks["train"],
+                                         run.global_batch, shuffle=True, seed=config.seed + epoch)
+
+    steps_per_epoch = int(epoch_batches(0).cardinality())
+    learning_rate = run.scaled_learning_rate(config.learning_rate)
+    run.start(dataset=dataset.name, max_length=text.length + 1, train_images=len(dataset.train),
+              train_captions=text.per_photo * len(dataset.train), vocabulary=text.tokenizer.size,
+              photo_settings=settings, global_learning_rate=learning_rate,
+              photos_encoded=cache.computed)
+    text_pairs.write_vocabulary(run.path / "vocab.txt", text.tokenizer.vocabulary)
+    with run.strategy.scope():
+        compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate)
+    validation = text.references["validation"]
+    selection = photo_training.ValidationBLEU(
+        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
+        grids["validation"], validation, run.path / "best.keras",
+        best=runner.best_so_far(run.path, "val_bleu4") if run.resumed else None)
+    steps = run.fit(grid_model, epoch_batches, steps_per_epoch=steps_per_epoch, monitor=None,
+                    validation_data=region_grids.grid_batches(
+                        grids["validation"], text.blocks["validation"], run.global_batch),
+                    callbacks=[selection])
+    best = load_captioner(run.path)
+    decoding = photo_training.choose_decoding(
+        photo.GridCaptioner(best.model, text.tokenizer, text.length + 1), grids["validation"],
+        validation)
+    runner.write_json(run.path / "decoding.json", decoding)
+    metrics = {"training_seconds": run.training_seconds, "epochs": config.epochs,
+               "steps": steps, "train_images": len(dataset.train),
+               "best_val_bleu4": selection.best, **decoding}
+    if config.evaluate_after:
+        metrics.update(photo_metrics(best, dataset, run.path, decoding["beam_width"],
+                                     decoding["alpha"]))
+        print(f"{APP} ({PHOTO_ENCODER} {config.encoder_alpha}) on {dataset.name}: test"
+              " BLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
+              + f" ({metrics['test_images']} photos), run directory {run.path}")
+    return run.finish(metrics)
+
+
+def photo_metrics(captioner: Captioner, dataset: caption_data.CaptionData, run_dir: Path,
+                  beam_width: int, alpha: float) -> dict:
+    settings = runner.RunDir(run_dir).config()["photo_settings"]
+    return photo_training.evaluate_photos(captioner, dataset, Path(run_dir), beam_width, alpha,
+                                          settings, EXAMPLES)
+
+
+def decoding_of(run: runner.RunDir, beam_width: int | None, alpha: float | None
+                ) -> tuple[int, float]:
+    """--beam-width / --alpha, else what training chose on validation, else the defaults."""
+    chosen = {}
+    if (run.path / "decoding.json").is_file():
+        chosen = json.loads((run.path / "decoding.json").read_text())
+    return (beam_width if beam_width is not None else chosen.get("beam_width", BEAM_WIDTH),
+            alpha if alpha is not None else chosen.get("alpha", ALPHA))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,17 +417,26 @@ def plot_attention(captioner: Captioner, image: np.ndarray, path: Path) -> Path:
     return path
 
 
-def evaluate(run_dir: Path | None = None, beam_width: int = BEAM_WIDTH,
-             alpha: float = ALPHA) -> dict:
+def is_photo_run(run: runner.RunDir) -> bool:
+    return run.config().get("backbone") == PHOTO_ENCODER
+
+
+def evaluate(run_dir: Path | None = None, beam_width: int | None = None,
+             alpha: float | None = None) -> dict:
     run = find_run(run_dir)
     captioner = load_captioner(run.path)
     dataset = held_out_data(run)
-    metrics = held_out_metrics(captioner, dataset, run.path, beam_width, alpha)
+    beam_width, alpha = decoding_of(run, beam_width, alpha)
+    photos = is_photo_run(run)
+    metrics = (photo_metrics if photos else held_out_metrics)(captioner, dataset, run.path,
+                                                              beam_width, alpha)
     runner.print_table([{"caption": e["caption"], "first reference": e["references"][0]}
                         for e in metrics["examples"]])
+    untrained = (f"; untrained copy BLEU-4 {metrics['untrained_bleu4']:.1f}" if photos else "")
     print("\nBLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
-          + f" on {metrics['test_images']} held-out images of {dataset.name} (beam {beam_width});"
-          f" most frequent caption BLEU-4 {metrics['most_frequent_bleu4']:.1f}\n"
+          + f" on {metrics['test_images']} held-out images of {dataset.name} (beam {beam_width},"
+          f" length penalty {alpha:g}); most frequent caption BLEU-4"
+          f" {metrics['most_frequent_bleu4']:.1f}{untrained}\n"
           f"{metrics['bleu_signature']}\nattention.png and evaluation.json in {run.path}")
     return metrics
 
@@ -355,9 +452,10 @@ def read_images(paths: list[Path], size: int) -> np.ndarray:
     return caption_data.image_array([str(p) for p in paths], size)
 
 
-def caption(paths: list[Path], run_dir: Path | None = None, beam_width: int = BEAM_WIDTH,
-            alpha: float = ALPHA) -> list[str]:
+def caption(paths: list[Path], run_dir: Path | None = None, beam_width: int | None = None,
+            alpha: float | None = None) -> list[str]:
     captioner = load_captioner(run_dir)
+    beam_width, alpha = decoding_of(find_run(run_dir), beam_width, alpha)
     return captioner.captions(read_images(paths, captioner.image_size), beam_width, alpha)
 
 
@@ -382,6 +480,8 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
 
     run = find_run(run_dir)
     captioner = load_captioner(run.path)
+    if is_photo_run(run):
+        return export_photos(run, captioner, model_base, quiet, check_images)
     test = held_out_data(run).test
     images = caption_data.image_array(test.images[:check_images], captioner.image_size)
     keras_greedy = [[int(t) for t in ids]
@@ -409,6 +509,19 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         report={"run": str(run.path.resolve()), "checked_images": len(images)},
         progress=not quiet,
     )
+    if not quiet:
+        runner.print_export(report)
+    return report
+
+
+def export_photos(run: runner.RunDir, captioner: Captioner, model_base: Path, quiet: bool,
+                  check_images: int) -> dict:
+    """A photo run: the SavedModel runs the beam search chosen on validation; LiteRT gets the
+    int8 encoder and the decoder files (`models.photo_training.export_photos`)."""
+    data = held_out_data(run)
+    report = photo_training.export_photos(
+        captioner, Path(model_base) / APP, run.path, data.train.images,
+        data.test.images[:check_images], *decoding_of(run, None, None), progress=not quiet)
     if not quiet:
         runner.print_export(report)
     return report
@@ -487,10 +600,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         return sub
 
     def with_search(sub):
-        sub.add_argument("--beam-width", type=int, default=BEAM_WIDTH,
-                         help="1 is greedy decoding (default: %(default)s)")
-        sub.add_argument("--alpha", type=float, default=ALPHA,
-                         help="GNMT length penalty exponent (default: %(default)s)")
+        sub.add_argument("--beam-width", type=int, default=None,
+                         help=f"1 is greedy decoding (default: what training chose on"
+                              f" validation, else {BEAM_WIDTH})")
+        sub.add_argument("--alpha", type=float, default=None,
+                         help=f"GNMT length penalty exponent (default: what training chose"
+                              f" on validation, else {ALPHA})")
         return sub
 
     train_parser = commands.add_parser("train", help="train a captioner")
@@ -503,11 +618,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     train_parser.add_argument("--decoder", choices=DECODERS, default=DECODER,
                               help="default: %(default)s")
     train_parser.add_argument("--encoder", dest="backbone", default=None, metavar="NAME",
-                              help="a keras.applications backbone (e.g. MobileNetV2) instead of"
+                              help=f"{PHOTO_ENCODER}: the photo captioner on an ImageNet-"
+                                   "pretrained MobileNetV2 (frozen, grids cached); or a"
+                                   " keras.applications name (e.g. MobileNetV2) in place of"
                                    " the small CNN trained from scratch")
     train_parser.add_argument("--encoder-weights", dest="backbone_weights", default=None,
                               metavar="PATH",
-                              help="local weights file for --encoder (nothing is downloaded)")
+                              help="local .weights.h5 file for --encoder (nothing is"
+                                   f" downloaded); with {PHOTO_ENCODER} also 'imagenet'"
+                                   " (downloads)")
+    train_parser.add_argument("--encoder-alpha", type=float, default=None, metavar="ALPHA",
+                              help=f"{PHOTO_ENCODER}'s width (default: read from the weights"
+                                   " file, which must match it)")
+    train_parser.add_argument("--min-count", type=int, default=region_grids.MIN_COUNT,
+                              help="photos: a word in fewer training captions is [UNK]"
+                                   " (default: %(default)s)")
     train_parser.add_argument("--scenes", type=int, default=SCENES,
                               help="generated scenes (default: %(default)s)")
     train_parser.add_argument("--objects", type=int, choices=(1, 2, 3),

@@ -119,6 +119,37 @@ def split_by_image(images: list[str], references: list[list[str]], seed: int = S
 
 
 # ---------------------------------------------------------------------------------------------
+# BLEU and the most-frequent-caption baseline
+# ---------------------------------------------------------------------------------------------
+
+
+def bleu_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
+    """Corpus BLEU-1..4 (0-100) with sacreBLEU against every reference of each image. sacreBLEU
+    takes reference streams of equal length: an image with fewer references repeats its last
+    one, which changes nothing (clipping takes the maximum count, the closest length is the
+    same)."""
+    from sacrebleu.metrics import BLEU
+
+    most = max(len(r) for r in references)
+    streams = [[refs[min(k, len(refs) - 1)] for refs in references] for k in range(most)]
+    scores = {}
+    for n in range(1, 5):
+        metric = BLEU(max_ngram_order=n, lowercase=True)
+        scores[f"bleu{n}"] = float(metric.corpus_score(hypotheses, streams).score)
+    scores["bleu_signature"] = str(metric.get_signature())
+    return scores
+
+
+def most_frequent_caption(split: Split) -> str:
+    """The "most frequent caption" baseline: the training caption that occurs most often."""
+    counts: dict[str, int] = {}
+    for refs in split.references:
+        for caption in refs:
+            counts[caption] = counts.get(caption, 0) + 1
+    return max(sorted(counts), key=counts.get)
+
+
+# ---------------------------------------------------------------------------------------------
 # Flickr8k
 # ---------------------------------------------------------------------------------------------
 

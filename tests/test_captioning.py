@@ -337,3 +337,211 @@ def test_caption_file_with_missing_images_exits_2_naming_one(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert "1 of 12 images are missing" in err and names[5] in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Photos: --encoder mobilenet_v2 (ImageNet-pretrained backbone, cached grids, photo decoder),
+# on tiny Flickr8k folders and a MobileNetV2 weights file written here (alpha 0.35, 64x64
+# photos: a 2x2 grid), so nothing is downloaded and nothing is slow.
+# ---------------------------------------------------------------------------------------------
+
+PHOTO_SIZE = 64
+PHOTO_OPTIONS = {"image_size": PHOTO_SIZE, "units": 32, "embedding_dim": 16, "batch_size": 8,
+                 "min_count": 1, "verbose": 0}
+
+
+def photo_folder(folder: Path, count: int = 24) -> list[str]:
+    """A Flickr8k folder of `count` noisy JPEG photos, five captions each, the split files."""
+    rng = np.random.default_rng(1)
+    names = [f"{4000 + i}_p.jpg" for i in range(count)]
+    (folder / "Flicker8k_Dataset").mkdir(parents=True)
+    for i, name in enumerate(names):
+        pixels = rng.integers(0, 60, (60, 80, 3), dtype=np.uint8)
+        pixels[..., i % 3] += 180  # red, green or blue photos
+        Image.fromarray(pixels).save(folder / "Flicker8k_Dataset" / name, quality=90)
+    colours = ["red", "green", "blue"]
+    (folder / "Flickr8k.token.txt").write_text("".join(
+        f"{n}#{k}\tA {colours[i % 3]} photo , take {k} .\n"
+        for i, n in enumerate(names) for k in range(5)))
+    parts = (names[: count - 8], names[count - 8 : count - 4], names[count - 4 :])
+    for split, part in zip(caption_data.FLICKR_SPLIT_FILES.values(), parts):
+        (folder / split).write_text("\n".join(part) + "\n")
+    return names
+
+
+@pytest.fixture(scope="module")
+def mobilenet_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_0.35_no_top.weights.h5"
+    keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None,
+                                   input_shape=(PHOTO_SIZE, PHOTO_SIZE, 3)).save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory, mobilenet_file):
+    folder = tmp_path_factory.mktemp("photos") / "Flickr8k"
+    photo_folder(folder)
+    run_dir = folder.parent / "run"
+    metrics = captioning.train(captioning.TrainConfig(
+        data=str(folder), backbone="mobilenet_v2", backbone_weights=str(mobilenet_file),
+        epochs=2, run_dir=run_dir, **PHOTO_OPTIONS))
+    return folder, run_dir, metrics
+
+
+def test_mobilenet_weights_load_by_layer_path_and_alpha_is_read_from_the_file(mobilenet_file):
+    from models import photo_captioner
+
+    assert photo_captioner.check_backbone_weights(mobilenet_file) == 0.35
+    photo_model, _ = photo_captioner.build_photo_models(
+        20, alpha=0.35, captions_per_photo=5, caption_length=6, image_size=PHOTO_SIZE,
+        units=16, embedding_dim=8, weights=str(mobilenet_file))
+    backbone = photo_model.get_layer("encoder").backbone
+    assert not backbone.trainable
+    import h5py
+
+    with h5py.File(mobilenet_file) as handle:  # every variable under its layer's path
+        first = np.asarray(handle["layers/conv2d/vars/0"])
+        last = np.asarray(handle["layers/batch_normalization_51/vars/3"])
+    np.testing.assert_array_equal(backbone.get_layer("Conv1").kernel.numpy(), first)
+    np.testing.assert_array_equal(backbone.get_layer("out_relu").input.shape[-1:], (1280,))
+    assert np.array_equal(backbone.get_layer("Conv_1_bn").moving_variance.numpy(), last)
+
+
+@pytest.mark.parametrize("case", ["missing", "other alpha", "other architecture", "not hdf5"])
+def test_a_wrong_weights_file_is_one_line_exit_2_and_nothing_written(case, mobilenet_file,
+                                                                     tmp_path, capsys):
+    folder = tmp_path / "Flickr8k"
+    photo_folder(folder, count=12)
+    weights, alpha, words = mobilenet_file, [], ""
+    if case == "missing":
+        weights, words = tmp_path / "nope.weights.h5", "no such weights file"
+    elif case == "other alpha":
+        alpha, words = ["--encoder-alpha", "1.0"], "alpha 0.35 weights, not alpha 1.0"
+    elif case == "other architecture":
+        weights, words = tmp_path / "dense.weights.h5", "not MobileNetV2 no-top weights"
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]).save_weights(weights)
+    else:
+        weights, words = tmp_path / "text.weights.h5", "not a Keras weights file"
+        weights.write_text("hello")
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(captioning.main, [
+            "train", "--data", str(folder), "--encoder", "mobilenet_v2", "--encoder-weights",
+            str(weights), *alpha, "--image-size", str(PHOTO_SIZE), "--run-dir", str(run_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and words in err, err
+    assert weights.name in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("kept", [0.1, 0.5])
+def test_a_photo_that_does_not_decode_exits_2_naming_it_and_nothing_is_written(
+        kept, mobilenet_file, tmp_path, capsys):
+    """A JPEG cut short: at a tenth Pillow's check finds it; at half its header and first rows
+    read, and only decoding it (while the grids are cached) fails."""
+    folder = tmp_path / "Flickr8k"
+    names = photo_folder(folder, count=12)
+    broken = folder / "Flicker8k_Dataset" / names[2]
+    content = broken.read_bytes()
+    broken.write_bytes(content[: int(kept * len(content))])
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(captioning.main, [
+            "train", "--data", str(folder), "--encoder", "mobilenet_v2", "--encoder-weights",
+            str(mobilenet_file), "--image-size", str(PHOTO_SIZE), "--run-dir", str(run_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and names[2] in err, err
+    assert not run_dir.exists()
+
+
+def test_the_grid_cache_is_written_once_and_read_at_every_epoch(photo_run, mobilenet_file,
+                                                                 monkeypatch):
+    from pipelines import region_grids
+
+    folder, run_dir, _ = photo_run
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["photos_encoded"] == 16 + 4  # training and validation photos, once
+    cached = {p.name: p.stat().st_mtime_ns for p in (run_dir / "region_grids").glob("*.npy")}
+    assert set(cached) == {"train.npy", "validation.npy"}
+    grids = np.load(run_dir / "region_grids" / "train.npy")
+    assert grids.dtype == np.float16 and grids.shape == (16, 4, 1280)  # 2x2 grid at 64 pixels
+
+    # Trained again in the same directory: no photo goes through the encoder, and each epoch's
+    # batches read the memory-mapped file.
+    read_from = []
+    original = region_grids.grid_batches
+
+    def recording(grids, *args, **kwargs):
+        read_from.append(type(grids))
+        return original(grids, *args, **kwargs)
+
+    monkeypatch.setattr(region_grids, "grid_batches", recording)
+    monkeypatch.setattr(region_grids.RegionCache, "_fill", lambda *a: pytest.fail("recomputed"))
+    captioning.train(captioning.TrainConfig(
+        data=str(folder), backbone="mobilenet_v2", backbone_weights=str(mobilenet_file),
+        epochs=2, run_dir=run_dir, evaluate_after=False, **PHOTO_OPTIONS))
+    assert json.loads((run_dir / "run.json").read_text())["photos_encoded"] == 0
+    assert read_from and set(read_from) == {np.memmap}
+    assert len(read_from) >= 2 + 1  # two epochs of training batches (and validation)
+    assert {p.name: p.stat().st_mtime_ns
+            for p in (run_dir / "region_grids").glob("*.npy")} == cached
+
+
+def test_photo_run_picks_epoch_by_bleu_and_beam_on_validation_and_has_the_baselines(photo_run):
+    _, run_dir, metrics = photo_run
+    history = runner.read_history(run_dir)
+    assert len(history["val_bleu4"]) == 2 and metrics["best_val_bleu4"] == max(
+        history["val_bleu4"])
+    decoding = json.loads((run_dir / "decoding.json").read_text())
+    assert {(t["beam_width"], t["alpha"]) for t in decoding["validation"]} >= {(1, 0.0),
+                                                                               (3, 0.5)}
+    best = max(decoding["validation"], key=lambda t: t["val_bleu4"])
+    assert (decoding["beam_width"], decoding["alpha"]) == (best["beam_width"], best["alpha"])
+    assert metrics["test_images"] == 4 and metrics["beam_width"] == decoding["beam_width"]
+    for name in ("bleu4", "most_frequent_bleu4", "untrained_bleu4"):
+        assert 0 <= metrics[name] <= 100
+    assert "." not in metrics["most_frequent_caption"]  # scored without punctuation
+    with Image.open(run_dir / "attention.png") as sheet:
+        assert sheet.size[0] > 400
+
+
+@pytest.mark.slow  # about 40 s: the SavedModel and three .tflite conversions (one int8)
+def test_photo_export_captions_a_500x375_jpeg_in_the_graph_and_on_litert(photo_run, tmp_path):
+    from serving.litert_captioning import CaptionLiteRT
+
+    _, run_dir, _ = photo_run
+    report = captioning.export(run_dir, tmp_path / "models", quiet=True, check_images=2)
+    version = Path(report["saved_model"])
+    big = tmp_path / "holiday.jpg"
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(big)
+    served = tf.saved_model.load(str(version)).signatures["serving_default"](
+        images=tf.constant([big.read_bytes()]))
+    expected = captioning.caption([big], run_dir)[0]  # the CLI: same pixels, same search
+    assert [c.decode() for c in served["caption"].numpy()] == [expected]
+    assert np.isfinite(served["score"].numpy()).all()
+    extra = version / "assets.extra"
+    assert report["float32"]["same_tokens_as_keras_greedy"] == 1.0
+    lite = CaptionLiteRT(extra / "captioning_decoder_float32.tflite")
+    assert lite.encode_image is not None  # the int8 encoder
+    encoder_bytes = (extra / "captioning_encoder_int8.tflite").read_bytes()
+    assert b"Flex" not in encoder_bytes and report["encoder_int8_bytes"] == len(encoder_bytes)
+    assert isinstance(lite.caption(lite.read_image(big)), str)
+
+    # The runner's numpy beam search is the graph's: from the same (float) grids, the float32
+    # decoder file gives Keras' beam-search tokens.
+    from models.photo_captioner import GridCaptioner, photo_grids
+
+    captioner = captioning.load_captioner(run_dir)
+    test = captioning.held_out_data(runner.RunDir(run_dir)).test
+    images = caption_data.image_array(test.images, PHOTO_SIZE)
+    grids = photo_grids(captioner.model, images)
+    search = GridCaptioner(captioner.model, captioner.tokenizer, captioner.max_length)
+    for width, alpha in ((3, 0.0), (4, 1.0)):
+        found = search.best_ids(grids, width, alpha)
+        assert max(len(ids) for ids in found) >= 3  # words, not only [end]
+        for image_grid, ids in zip(grids, found):
+            lite.encode_image = lambda pixels, g=image_grid: {"regions": g[None]}
+            assert lite.beam_ids(images[0], width, alpha) == [int(t) for t in ids]

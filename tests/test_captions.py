@@ -195,3 +195,60 @@ def test_litert_runner_reads_flickr8k_photos_as_the_graph_does():
         for size in (shape_scenes.IMAGE_SIZE, 96):
             np.testing.assert_array_equal(litert_captioning.read_image(path, size),
                                           graph_pixels(path, size), err_msg=f"{name} at {size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The photo captioner's captions and cached grids (`pipelines.region_grids`)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_photo_captions_plain_text_min_count_vocabulary_and_blocks():
+    from pipelines import region_grids, text_pairs
+
+    assert region_grids.plain("A dog's ball , red-and-white .") == "a dog's ball red and white"
+    train = [["A dog runs .", "A dog runs fast .", "The dog runs"],
+             ["A cat sleeps .", "A dog sleeps !", "A cat naps"]]
+    text = region_grids.photo_captions({"train": train, "validation": train[:1]}, min_count=2,
+                                       max_words=3)
+    vocabulary = text.tokenizer.vocabulary
+    assert vocabulary[:2] == [text_pairs.START_TOKEN, text_pairs.END_TOKEN]
+    assert set(vocabulary[2:]) == {"a", "dog", "runs", "cat", "sleeps"}  # seen twice or more
+    assert vocabulary[2:4] == ["a", "dog"]  # most frequent first
+    assert "." not in vocabulary and text.per_photo == 3 and text.length == 3
+    blocks = text.blocks["train"]
+    assert blocks.shape == (2, 3, 5) and text.blocks["validation"].shape == (1, 3, 5)
+    words = ["", "[UNK]", *vocabulary]
+    assert [words[i] for i in blocks[1, 2]] == ["[start]", "a", "cat", "[UNK]", "[end]"]
+    assert [words[i] for i in blocks[0, 1]] == ["[start]", "a", "dog", "runs", "[end]"]  # cut
+
+
+def test_grid_batches_read_each_photo_once_per_epoch_with_all_its_captions(tmp_path):
+    from pipelines import region_grids
+
+    count, per_photo, length = 10, 3, 4
+    path = tmp_path / "train.npy"
+    grids = np.lib.format.open_memmap(path, "w+", np.float16, (count, 4, 6))
+    grids[:] = np.arange(count, dtype=np.float16)[:, None, None]  # each grid holds its row
+    grids.flush()
+    blocks = (np.arange(count)[:, None, None] * 100 + np.arange(per_photo)[None, :, None]
+              + np.zeros(length, int)).astype(np.int32)
+    data = region_grids.grid_batches(np.load(path, mmap_mode="r"), blocks, 4, shuffle=True,
+                                     seed=3)
+    assert int(data.cardinality()) == 3
+    seen = []
+    for (regions, captions_in), captions_out in data:
+        assert regions.dtype == tf.float16 and regions.shape[1:] == (4, 6)
+        assert captions_in.shape[1:] == (per_photo, length - 1)
+        assert captions_out.shape == (regions.shape[0] * per_photo, length - 1)
+        rows = regions.numpy()[:, 0, 0].astype(int)
+        # the captions of each photo are its own, rows b * K + k
+        first = captions_in.numpy()[:, :, 0]
+        np.testing.assert_array_equal(first // 100, np.repeat(rows[:, None], per_photo, axis=1))
+        np.testing.assert_array_equal(first % 100, np.tile(np.arange(per_photo), (len(rows), 1)))
+        np.testing.assert_array_equal(captions_out.numpy()[:, 0] // 100, np.repeat(rows,
+                                                                                   per_photo))
+        seen.extend(rows)
+    assert sorted(seen) == list(range(count))
+    other = [int(r) for (g, _), _ in region_grids.grid_batches(
+        np.load(path, mmap_mode="r"), blocks, 4, shuffle=True, seed=4) for r in g[:, 0, 0]]
+    assert sorted(other) == list(range(count)) and other != seen  # another epoch's order

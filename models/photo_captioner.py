@@ -1,0 +1,395 @@
+"""Captioning real photos: an ImageNet-pretrained MobileNetV2 reads a photo into a 7x7 grid of
+region features, an LSTM with soft attention over the grid writes the caption.
+
+Show, Attend and Tell (Xu et al., 2015, arXiv:1502.03044) with what came after it:
+
+    photo uint8 [batch, 224, 224, 3] -> x / 127.5 - 1 -> MobileNetV2 (frozen, no top)
+        -> grid [batch, 7, 7, 1280] -> regions [batch, 49, 1280]        (cached, float16)
+    RegionHead: regions -> memory [batch, 49, D] (dense + ReLU, dropout)
+                mean of the regions -> initial LSTM state [h, c] (tanh)     (Xu's f_init)
+    PhotoDecoder, at each word t:
+        h_t = LSTM(embedding(word_{t-1}), h_{t-1})
+        alpha_t = softmax_i(v . tanh(W_m m_i + W_h h_t))           additive (Xu's f_att)
+        z_t = sigmoid(w_b . h_t) * sum_i alpha_ti m_i               Xu's gate beta
+        logits = W_o dropout(tanh(E word_{t-1} + L_h h_t + L_z z_t))  Xu's deep output
+    loss = cross-entropy + lambda * mean_i (1 - sum_t alpha_ti)^2    doubly stochastic attention
+
+The query is the LSTM's current output h_t (as in Lu et al., 2017, "Knowing when to look"),
+not h_{t-1} fed back into the LSTM: teacher forcing then runs the LSTM over the whole caption in
+one call, and attention, gate and output for all words at once, which is what lets a CPU train it.
+
+The encoder is frozen, so each photo's grid is computed once per run and kept on disk in
+float16 (`pipelines.region_grids`); training reads grids, not photos, and the model it trains
+(`build_photo_models`' second model) starts at the grid. The first model starts at the photo,
+shares every weight, and is what is saved, evaluated, served and exported.
+
+Weights come from a local `.weights.h5` file (nothing is downloaded unless "imagenet" is asked
+for): Keras 3 stores each variable under its layer's path (`layers/conv2d_3/vars/0`), and
+`check_backbone_weights` compares every path and shape with MobileNetV2 at the asked alpha
+before loading, so a file of another alpha or architecture is one line, not a traceback.
+"""
+
+import functools
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from layers.beam_search import EncoderDecoderSearch
+from pipelines import DataError, text_pairs
+
+BACKBONE = "mobilenet_v2"
+ALPHAS = (0.35, 1.0, 0.5, 0.75, 1.3, 1.4)  # MobileNetV2's width multipliers, likeliest first
+PHOTO_SIZE = 224  # MobileNetV2's ImageNet size: a 7x7 grid of 32-pixel regions
+MEMORY_DIM = 512  # each region projected to this
+UNITS = 512  # LSTM
+EMBEDDING_DIM = 256
+ATTENTION_DIM = 256
+DROPOUT = 0.5  # on the projected regions and on the deep output, as in Xu et al.
+ATTENTION_PENALTY = 1.0  # Xu et al.'s lambda for the doubly stochastic attention
+
+
+# ---------------------------------------------------------------------------------------------
+# The pretrained backbone and its weights file
+# ---------------------------------------------------------------------------------------------
+
+
+def mobilenet_v2(alpha: float, image_size: int = PHOTO_SIZE, weights=None) -> keras.Model:
+    return keras.applications.MobileNetV2(alpha=alpha, include_top=False, weights=weights,
+                                          input_shape=(image_size, image_size, 3))
+
+
+def file_shapes(path: Path) -> dict[str, tuple]:
+    """Every variable of a Keras `.weights.h5` file: {layer path/vars/i: shape}."""
+    import h5py
+
+    shapes: dict[str, tuple] = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, item: shapes.__setitem__(name, tuple(item.shape))
+                              if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise DataError(f"{path}: not a Keras weights file ({error})") from None
+    return shapes
+
+
+@functools.cache
+def backbone_shapes(alpha: float) -> dict[str, tuple]:
+    """What MobileNetV2 at `alpha` writes into a weights file (the size does not matter)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "reference.weights.h5"
+        mobilenet_v2(alpha, 96).save_weights(path)
+        return file_shapes(path)
+
+
+def check_backbone_weights(path: str | Path, alpha: float | None = None) -> float:
+    """The alpha of a MobileNetV2 no-top weights file, checked path by path and shape by shape
+    against the network (against `alpha` when given). DataError names the file and what is
+    wrong: missing, not HDF5, another alpha, another architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such weights file (--encoder-weights)")
+    shapes = file_shapes(path)
+    count = sum(int(np.prod(s)) for s in shapes.values())
+    found = next((a for a in ALPHAS if sum(int(np.prod(s)) for s in backbone_shapes(a).values())
+                  == count and backbone_shapes(a) == shapes), None)
+    if found is None:
+        raise DataError(f"{path}: not MobileNetV2 no-top weights ({len(shapes)} variables,"
+                        f" {count:,} values; MobileNetV2 alpha {alpha or 1.0} has"
+                        f" {len(backbone_shapes(alpha or 1.0))})")
+    if alpha is not None and not np.isclose(found, alpha):
+        raise DataError(f"{path}: MobileNetV2 alpha {found} weights, not alpha {alpha}"
+                        " (--encoder-alpha)")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder: photo -> region grid -> memory and initial state
+# ---------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class RegionHead(keras.layers.Layer):
+    """regions [batch, R, C] (float16 from the cache, or float32) -> (memory [batch, R, D],
+    region mask [batch, R] of ones, [h, c]): what the decoder attends over and starts from."""
+
+    def __init__(self, memory_dim=MEMORY_DIM, units=UNITS, dropout=DROPOUT, **kwargs):
+        super().__init__(**kwargs)
+        self.memory_dim, self.units, self.dropout_rate = memory_dim, units, dropout
+        self.project = keras.layers.Dense(memory_dim, activation="relu", name="regions")
+        self.dropout = keras.layers.Dropout(dropout)
+        self.bridges = [keras.layers.Dense(units, activation="tanh", name=f"bridge_{i}")
+                        for i in range(2)]  # LSTM h and c, from the mean region (Xu's f_init)
+
+    def call(self, regions, training=None):
+        regions = ops.cast(regions, "float32")
+        memory = self.dropout(self.project(regions), training=training)
+        pooled = ops.mean(regions, axis=1)
+        mask = ops.ones(ops.shape(regions)[:2], "float32")
+        return memory, mask, [bridge(pooled) for bridge in self.bridges]
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "memory_dim": self.memory_dim, "units": self.units,
+                "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class PhotoEncoder(keras.layers.Layer):
+    """uint8 photo [batch, S, S, 3] -> RegionHead's outputs, through MobileNetV2 (frozen) with
+    its preprocessing (x / 127.5 - 1) inside. `grid` is the part the cache stores."""
+
+    def __init__(self, alpha=1.0, image_size=PHOTO_SIZE, memory_dim=MEMORY_DIM, units=UNITS,
+                 dropout=DROPOUT, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.image_size = float(alpha), int(image_size)
+        self.memory_dim, self.units, self.dropout_rate = memory_dim, units, dropout
+        self.backbone = mobilenet_v2(self.alpha, self.image_size)
+        self.backbone.trainable = False
+        self.head = RegionHead(memory_dim, units, dropout, name="head")
+
+    def grid(self, images):
+        """uint8 [batch, S, S, 3] -> regions float32 [batch, (S/32)^2, 1280]."""
+        x = keras.applications.mobilenet_v2.preprocess_input(ops.cast(images, "float32"))
+        features = self.backbone(x, training=False)  # [batch, 7, 7, 1280]
+        return ops.reshape(features, (ops.shape(features)[0], -1, features.shape[-1]))
+
+    def call(self, images, training=None):
+        return self.head(self.grid(images), training=training)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "image_size": self.image_size,
+                "memory_dim": self.memory_dim, "units": self.units,
+                "dropout": self.dropout_rate}
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder
+# ---------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class PhotoDecoder(keras.layers.Layer):
+    """The attention LSTM above, with the interface of `layers.attention.AttentionDecoder`
+    (`prepare_memory`, whole-caption `call`, one-word `step`), so `layers.beam_search` and the
+    LiteRT runner drive it as they drive the others. In training it adds the doubly stochastic
+    attention penalty to the model's losses."""
+
+    def __init__(self, vocab_size, embedding_dim=EMBEDDING_DIM, units=UNITS,
+                 attention_dim=ATTENTION_DIM, dropout=DROPOUT, penalty=ATTENTION_PENALTY,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
+        self.attention_dim, self.dropout_rate, self.penalty = attention_dim, dropout, penalty
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.rnn = keras.layers.LSTM(units, return_sequences=True, return_state=True,
+                                     name="lstm")
+        self.memory_keys = keras.layers.Dense(attention_dim, use_bias=False, name="memory_keys")
+        self.query = keras.layers.Dense(attention_dim, name="query")
+        self.score = keras.layers.Dense(1, use_bias=False, name="score")
+        self.gate = keras.layers.Dense(1, activation="sigmoid", name="gate")
+        self.from_hidden = keras.layers.Dense(embedding_dim, name="deep_hidden")
+        self.from_context = keras.layers.Dense(embedding_dim, use_bias=False,
+                                               name="deep_context")
+        self.dropout = keras.layers.Dropout(dropout)
+        self.output_dense = keras.layers.Dense(vocab_size, name="logits")
+        self.state_count = 2
+
+    def prepare_memory(self, memory):
+        return self.memory_keys(memory)  # [batch, R, A], once per photo
+
+    def _predict(self, embedded, outputs, memory, keys, memory_mask, training=None):
+        """embedded [b, T, E], outputs [b, T, U] -> logits [b, T, V], weights [b, T, R]."""
+        hidden = ops.tanh(keys[:, None, :, :] + self.query(outputs)[:, :, None, :])
+        scores = ops.squeeze(self.score(hidden), -1)  # [b, T, R]
+        mask = ops.cast(memory_mask, "float32")[:, None, :]
+        weights = ops.softmax(ops.cast(scores, "float32") + (1.0 - mask) * -1e9, axis=-1)
+        context = ops.einsum("btr,brd->btd", weights, memory) * self.gate(outputs)
+        deep = ops.tanh(embedded + self.from_hidden(outputs) + self.from_context(context))
+        return self.output_dense(self.dropout(deep, training=training)), weights
+
+    def call(self, tokens, memory, memory_mask, initial_state, return_attention=False,
+             training=None):
+        embedded = self.embedding(tokens)
+        outputs = self.rnn(embedded, initial_state=list(initial_state), training=training)[0]
+        logits, weights = self._predict(embedded, outputs, memory, self.prepare_memory(memory),
+                                        memory_mask, training)
+        if training and self.penalty:
+            # Xu et al.'s doubly stochastic attention: over the caption's real words, every
+            # region should get about as much attention in all (sum over t near 1).
+            words = ops.cast(ops.not_equal(tokens, text_pairs.PAD), "float32")[:, :, None]
+            per_region = ops.sum(weights * words, axis=1)  # [b, R]
+            self.add_loss(self.penalty * ops.mean(ops.square(1.0 - per_region)))
+        return (logits, weights) if return_attention else logits
+
+    def step(self, tokens, state, memory, keys, memory_mask):
+        """tokens [b] -> (log_probs [b, V], [h, c], attention weights [b, R])."""
+        embedded = self.embedding(tokens)
+        output, new_state = self.rnn.cell(embedded, list(state))
+        logits, weights = self._predict(embedded[:, None], output[:, None], memory, keys,
+                                        memory_mask)
+        return ops.log_softmax(logits[:, 0], axis=-1), list(new_state), weights[:, 0]
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size,
+                "embedding_dim": self.embedding_dim, "units": self.units,
+                "attention_dim": self.attention_dim, "dropout": self.dropout_rate,
+                "penalty": self.penalty}
+
+
+def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
+                       caption_length: int, image_size: int = PHOTO_SIZE,
+                       embedding_dim: int = EMBEDDING_DIM, units: int = UNITS,
+                       memory_dim: int = MEMORY_DIM, dropout: float = DROPOUT,
+                       penalty: float = ATTENTION_PENALTY, weights: str | None = None
+                       ) -> tuple[keras.Model, keras.Model]:
+    """(photo model, grid model), sharing every weight:
+
+        photo model: (photo uint8 [b, S, S, 3], caption_in [b, T]) -> logits [b, T, V]
+        grid model:  (regions float16 [b, R, 1280], captions_in [b, K, L]) -> logits [b*K, L, V]
+
+    The grid model trains: each cached grid is read once per batch with all K of its captions
+    (rows b*K + k), so the region projection runs once per photo, not once per caption.
+    `weights`: a checked MobileNetV2 weights file, or "imagenet" (a download)."""
+    encoder = PhotoEncoder(alpha, image_size, memory_dim, units, dropout, name="encoder")
+    if weights == "imagenet":
+        encoder.backbone.set_weights(mobilenet_v2(alpha, image_size, "imagenet").get_weights())
+    elif weights:
+        encoder.backbone.load_weights(weights)
+    decoder = PhotoDecoder(vocab_size, embedding_dim, units, dropout=dropout, penalty=penalty,
+                           name="decoder")
+    photo = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
+    caption_in = keras.Input((None,), dtype="int32", name="caption_in")
+    photo_model = keras.Model([photo, caption_in],
+                              decoder(caption_in, *encoder(photo)), name="photo_captioner")
+
+    grid_size = (image_size // 32) ** 2
+    regions = keras.Input((grid_size, encoder.backbone.output.shape[-1]), dtype="float16",
+                          name="regions")
+    captions_in = keras.Input((captions_per_photo, caption_length), dtype="int32",
+                              name="captions_in")
+    memory, mask, state = encoder.head(regions)
+
+    def per_caption(x):  # [b, ...] -> [b * K, ...]
+        return ops.repeat(x, captions_per_photo, axis=0)
+
+    logits = decoder(ops.reshape(captions_in, (-1, caption_length)), per_caption(memory),
+                     per_caption(mask), [per_caption(s) for s in state])
+    return photo_model, keras.Model([regions, captions_in], logits, name="grid_captioner")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding from cached grids
+# ---------------------------------------------------------------------------------------------
+
+
+class GridCaptioner(EncoderDecoderSearch):
+    """Beam search from region grids (the cache, or `PhotoEncoder.grid` of photos): what picks
+    the best epoch and the beam settings on validation, and scores the test photos."""
+
+    def __init__(self, model: keras.Model, tokenizer: text_pairs.Tokenizer, max_length: int):
+        super().__init__(model.get_layer("encoder").head, model.get_layer("decoder"),
+                         tokenizer.size, forbidden_ids=(text_pairs.PAD, text_pairs.UNK,
+                                                        text_pairs.START),
+                         start_id=text_pairs.START, end_id=text_pairs.END)
+        self.tokenizer, self.max_length = tokenizer, int(max_length)
+        self._compiled: dict = {}
+
+    def best_ids(self, grids: np.ndarray, beam_width: int, alpha: float,
+                 batch_size: int = 250) -> list[np.ndarray]:
+        key = (int(beam_width), float(alpha))
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(
+                lambda g: self.decode(g, self.max_length, *key),
+                input_signature=[tf.TensorSpec([None, *grids.shape[1:]], tf.float32)])
+        out = []
+        for start in range(0, len(grids), batch_size):
+            found = self._compiled[key](tf.constant(grids[start : start + batch_size],
+                                                    tf.float32))
+            tokens, lengths = found["tokens"][:, 0].numpy(), found["lengths"][:, 0].numpy()
+            out.extend(t[:n] for t, n in zip(tokens, lengths))
+        return out
+
+    def captions(self, grids: np.ndarray, beam_width: int, alpha: float) -> list[str]:
+        return [self.tokenizer.text(tf.constant(ids[None])).numpy()[0].decode()
+                for ids in self.best_ids(grids, beam_width, alpha)]
+
+
+def photo_grids(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 photos [n, S, S, 3] -> float32 grids [n, R, 1280], the photo model's own path."""
+    encoder = model.get_layer("encoder")
+    grid = tf.function(encoder.grid, input_signature=[tf.TensorSpec(
+        [None, *images.shape[1:]], tf.uint8)])
+    return np.concatenate([grid(tf.constant(images[i : i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
+# ---------------------------------------------------------------------------------------------
+# LiteRT: an int8 encoder file and a float decoder file
+# ---------------------------------------------------------------------------------------------
+
+
+def lite_encoder_archive(model: keras.Model) -> keras.export.ExportArchive:
+    """`encode_image`: pixels float32 [1, S, S, 3] in 0..255 -> regions [1, R, 1280], for the
+    full-integer int8 `.tflite` (its int8 input holds the pixel minus 128 exactly)."""
+    encoder = model.get_layer("encoder")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    size = encoder.image_size
+
+    def encode_image(pixels):
+        x = keras.applications.mobilenet_v2.preprocess_input(pixels)
+        features = encoder.backbone(x, training=False)
+        return {"regions": ops.reshape(features, (1, -1, features.shape[-1]))}
+
+    archive.add_endpoint("encode_image", encode_image, input_signature=[
+        tf.TensorSpec([1, size, size, 3], tf.float32, name="pixels")])
+    return archive
+
+
+def lite_decoder_archive(model: keras.Model) -> keras.export.ExportArchive:
+    """`encode` (regions -> memory, keys, mask, state) and `decode_step`, batch 1: the greedy
+    loop runs in numpy (`serving.litert_captioning`)."""
+    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    search = EncoderDecoderSearch(encoder.head, decoder, decoder.vocab_size,
+                                  forbidden_ids=(text_pairs.PAD, text_pairs.UNK,
+                                                 text_pairs.START),
+                                  start_id=text_pairs.START, end_id=text_pairs.END)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    regions = (encoder.image_size // 32) ** 2
+    channels = encoder.backbone.output.shape[-1]
+    units, memory_dim = decoder.units, encoder.memory_dim
+
+    def encode(regions_in):
+        memory, keys, mask, state = search.encode(regions_in)
+        return {"memory": memory, "keys": keys, "region_mask": mask,
+                "state_0": state[0], "state_1": state[1]}
+
+    def decode_step(token, memory, keys, region_mask, state_0, state_1):
+        log_probs, state, weights = search.decode_step(token, [state_0, state_1], memory, keys,
+                                                       region_mask)
+        return {"log_probs": log_probs, "attention": weights,
+                "state_0": state[0], "state_1": state[1]}
+
+    archive.add_endpoint("encode", encode, input_signature=[
+        tf.TensorSpec([1, regions, channels], tf.float32, name="regions")])
+    archive.add_endpoint("decode_step", decode_step, input_signature=[
+        tf.TensorSpec([1], tf.int32, name="token"),
+        tf.TensorSpec([1, regions, memory_dim], tf.float32, name="memory"),
+        tf.TensorSpec([1, regions, decoder.attention_dim], tf.float32, name="keys"),
+        tf.TensorSpec([1, regions], tf.float32, name="region_mask"),
+        tf.TensorSpec([1, units], tf.float32, name="state_0"),
+        tf.TensorSpec([1, units], tf.float32, name="state_1")])
+    return archive

@@ -1,0 +1,199 @@
+"""What training and judging the photo captioner needs beyond `runner.fit`: the best epoch by
+validation BLEU-4 (not by loss), the beam width and length penalty chosen on validation, the
+test figures beside two baselines, and the sheet of photos with their attention maps.
+
+Captions are scored as coco-caption scores them (the protocol of Xu et al.'s figures):
+lower-cased, punctuation removed, in the references and in what the model writes (it never
+learns to write the period that ends most Flickr8k captions; `region_grids.plain`). BLEU is
+sacreBLEU's corpus score against every reference (`pipelines.captions.bleu_scores`).
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from models.captioner import serving_archive
+from models.photo_captioner import (
+    GridCaptioner,
+    build_photo_models,
+    lite_decoder_archive,
+    lite_encoder_archive,
+    photo_grids,
+)
+from pipelines import captions as caption_data
+from pipelines import text_pairs
+from pipelines.captions import bleu_scores as bleu
+from pipelines.captions import most_frequent_caption
+from pipelines.region_grids import plain_references
+
+BEAM_WIDTHS = (1, 3, 5)  # tried on validation after training
+LENGTH_PENALTIES = (0.0, 0.5, 1.0)  # GNMT alpha; no effect at width 1
+SELECTION_BEAM = 3  # the beam that scores each epoch on validation
+CALIBRATION_PHOTOS = 100  # training photos that calibrate the int8 encoder
+LITE = {"encoder": "captioning_encoder_int8.tflite", "decoder": "captioning_decoder",
+        "variants": ("float32", "dynamic"), "signatures": ("encode", "decode_step")}
+SHEET_PHOTOS = 4
+SHEET_WORDS = 7  # attention maps shown per photo
+
+class ValidationBLEU(keras.callbacks.Callback):
+    """After each epoch: BLEU-4 of the validation photos' beam-search captions from their cached
+    grids, into the logs as `val_bleu4` (history.csv has it); the photo model is saved as
+    best.keras when it beats every epoch before (those before a kill included: `best`)."""
+
+    def __init__(self, photo_model, captioner: GridCaptioner, grids: np.ndarray,
+                 references: list[list[str]], path: Path, best: float | None = None):
+        super().__init__()
+        self.photo_model, self.captioner = photo_model, captioner
+        self.grids, self.references = np.asarray(grids, np.float32), references
+        self.path, self.best = Path(path), best
+
+    def on_epoch_end(self, epoch, logs=None):
+        captions = self.captioner.captions(self.grids, SELECTION_BEAM, 0.0)
+        score = bleu(captions, self.references)["bleu4"]
+        logs["val_bleu4"] = score
+        if self.best is None or score > self.best:
+            self.best = score
+            self.photo_model.save(self.path)
+        print(f"epoch {epoch + 1}: validation BLEU-4 {score:.2f} (best {self.best:.2f}),"
+              f" e.g. {captions[0]!r}", flush=True)
+
+
+def choose_decoding(captioner: GridCaptioner, grids: np.ndarray, references: list[list[str]]
+                    ) -> dict:
+    """The beam width and length penalty with the best validation BLEU-4, and every try."""
+    grids = np.asarray(grids, np.float32)
+    tries = []
+    for width in BEAM_WIDTHS:
+        for alpha in (LENGTH_PENALTIES if width > 1 else (0.0,)):
+            scores = bleu(captioner.captions(grids, width, alpha), references)
+            tries.append({"beam_width": width, "alpha": alpha,
+                          "val_bleu4": round(scores["bleu4"], 2)})
+    best = max(tries, key=lambda t: t["val_bleu4"])
+    return {"beam_width": best["beam_width"], "alpha": best["alpha"], "validation": tries}
+
+
+def test_figures(model: keras.Model, tokenizer, max_length: int, images: np.ndarray,
+                 references: list[list[str]], frequent: str, beam_width: int,
+                 alpha: float, settings: dict) -> tuple[dict, list[str]]:
+    """BLEU-1..4 of the model on the test photos (decoded and resized as the SavedModel does,
+    through the photo model's own encoder), of the most frequent training caption, and of an
+    untrained copy (same pretrained encoder, fresh decoder)."""
+    grids = photo_grids(model, images)
+    captions = GridCaptioner(model, tokenizer, max_length).captions(grids, beam_width, alpha)
+    untrained, _ = build_photo_models(tokenizer.size, **settings)
+    untrained_captions = GridCaptioner(untrained, tokenizer, max_length).captions(
+        grids, beam_width, alpha)
+    figures = {**bleu(captions, references), "beam_width": beam_width, "alpha": alpha}
+    for name, texts in (("most_frequent", [frequent] * len(images)),
+                        ("untrained", untrained_captions)):
+        scores = bleu(texts, references)
+        figures.update({f"{name}_bleu{n}": scores[f"bleu{n}"] for n in range(1, 5)})
+    figures["most_frequent_caption"] = frequent
+    figures["untrained_example"] = untrained_captions[0]
+    return figures, captions
+
+
+def evaluate_photos(captioner, dataset: caption_data.CaptionData, run_dir: Path,
+                    beam_width: int, alpha: float, settings: dict, examples: int = 8) -> dict:
+    """`test_figures` of a run's best model on the test photos, with examples;
+    evaluation.json and attention.png (photos with where each word looked) in `run_dir`.
+    `captioner`: `models.captioner.Captioner` on photos."""
+    images = caption_data.image_array(dataset.test.images, captioner.image_size)
+    references = plain_references(dataset.test.references)
+    frequent = most_frequent_caption(caption_data.Split(
+        [], plain_references(dataset.train.references)))
+    metrics, captions = test_figures(captioner.model, captioner.tokenizer, captioner.max_length,
+                                     images, references, frequent, beam_width, alpha, settings)
+    metrics.update(test_images=len(references), examples=[
+        {"photo": Path(p).name, "references": r, "caption": c} for p, r, c in
+        list(zip(dataset.test.images, references, captions))[:examples]])
+    attention_sheet(captioner, images[:SHEET_PHOTOS], run_dir / "attention.png",
+                    beam_width=beam_width, alpha=alpha)
+    (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def attention_sheet(captioner, images: np.ndarray, path: Path, words: int = SHEET_WORDS,
+                    beam_width: int = SELECTION_BEAM, alpha: float = 0.0) -> Path:
+    """One row per photo: the photo with its caption, then where each word looked (the 7x7
+    attention laid over the photo). `captioner`: `models.captioner.Captioner` on photos."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = words + 1
+    figure, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns,
+                                                               2.1 * len(images)),
+                                squeeze=False)
+    for row, image in zip(axes, images):
+        ids = captioner.best_ids(image[None], beam_width, alpha)[0]
+        weights = captioner.attention(image, ids)  # [words, regions]
+        tokens = [t.decode() or "[end]"
+                  for t in captioner.tokenizer.tokens(np.asarray(ids)).numpy()]
+        grid = int(round(np.sqrt(weights.shape[1])))
+        for axis in row:
+            axis.axis("off")
+        row[0].imshow(image)
+        caption = " ".join(t for t in tokens if t != "[end]")
+        row[0].set_title(caption if len(caption) < 60 else caption[:57] + "...", fontsize=8,
+                         loc="left")
+        for axis, token, w in zip(row[1:], tokens, weights):
+            axis.imshow(image)
+            axis.imshow(w.reshape(grid, grid), cmap="magma", alpha=0.6,
+                        interpolation="bilinear", extent=(0, image.shape[1], image.shape[0], 0))
+            axis.set_title(token, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=72)
+    plt.close(figure)
+    return path
+
+
+def export_photos(captioner, model_base: Path, run_dir: Path, train_photos: list[str],
+                  check_photos: list[str], beam_width: int, alpha: float,
+                  progress: bool = False) -> dict:
+    """The next version under `model_base`: the SavedModel (photo bytes of any size in, the
+    beam search in the graph) and, for LiteRT, a full-integer int8 encoder calibrated on
+    training photos beside the decoder's `encode` / `decode_step` in float32 and dynamic; each
+    decoder file is checked with the int8 encoder against Keras' greedy captions."""
+    from serving import export as export_lib
+    from serving.litert_captioning import CaptionLiteRT
+
+    size = captioner.image_size
+    images = caption_data.image_array(check_photos, size)
+    keras_greedy = [[int(t) for t in ids]
+                    for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
+    calibration = caption_data.image_array(train_photos[:CALIBRATION_PHOTOS], size)
+    with tempfile.TemporaryDirectory() as folder:
+        lite_encoder_archive(captioner.model).write_out(folder, verbose=False)
+        encoder = export_lib.convert_to_tflite(
+            Path(folder), "encode_image", "int8",
+            [photo[None].astype(np.float32) for photo in calibration])
+
+    def check(path: Path) -> dict:
+        lite = CaptionLiteRT(path)
+        same = [lite.greedy_ids(image)[0] == ids for image, ids in zip(images, keras_greedy)]
+        return {"same_tokens_as_keras_greedy": float(np.mean(same))}
+
+    return export_lib.write_version(
+        model_base, serving_archive(captioner, beam_width, alpha),
+        assets={
+            "vocab.txt": Path(run_dir) / "vocab.txt",
+            LITE["encoder"]: encoder,
+            "litert.json": {
+                "kind": "captioning", "signatures": list(LITE["signatures"]),
+                "encoder": LITE["encoder"], "image_size": size,
+                "max_length": captioner.max_length, "vocab": "vocab.txt",
+                "beam_width": beam_width, "alpha": alpha,
+                "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK,
+                        "start": text_pairs.START, "end": text_pairs.END}},
+        },
+        tflite=export_lib.TFLiteFiles(LITE["decoder"], LITE["signatures"],
+                                      variants=LITE["variants"], check=check,
+                                      archive=lite_decoder_archive(captioner.model)),
+        report={"run": str(Path(run_dir).resolve()), "checked_images": len(images),
+                "encoder_int8_bytes": len(encoder), "beam_width": beam_width, "alpha": alpha},
+        progress=progress)
