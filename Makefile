@@ -15,14 +15,18 @@ $(INSTALLED): setup.cfg pyproject.toml
 demo: $(INSTALLED)  ## train, evaluate and export every app on its embedded data; one summary table
 	$(PYTHON) -m apps.demo
 
-test: $(INSTALLED)  ## the suite without the minutes-long tests (what CI runs)
-	$(PYTHON) -m pytest
+# Test files are shared out whole (module fixtures train once) to this many processes: TensorFlow
+# keeps only about one core busy through a test's tracing, saving and Python-side work.
+TEST_WORKERS ?= 2
+
+test: $(INSTALLED)  ## the suite without the minutes-long tests (what CI runs), TEST_WORKERS processes
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(INSTALLED)  ## the edit-test loop: every model built, one step, saved, loaded, exported (tiny)
 	$(PYTHON) -m pytest -m fast
 
 test-all: $(INSTALLED)  ## the suite plus the minutes-long tests
-	$(PYTHON) -m pytest -m "slow or not slow"
+	$(PYTHON) -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(INSTALLED)  ## every benchmark under bench/; tables on stdout, JSON in bench/results/
 	$(PYTHON) -m pip install --quiet -e '.[dev,bench]'

@@ -118,8 +118,8 @@ def test_training_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     from apps import backup
 
     def train(run_dir):
-        return tr.train(tr.TrainConfig(**(SMALL | {"size": 800, "epochs": 2, "d_model": 32,
-                                                   "ff": 64}),
+        return tr.train(tr.TrainConfig(**(SMALL | {"size": 500, "epochs": 2, "layers": 1,
+                                                   "heads": 2, "d_model": 16, "ff": 32}),
                                        run_dir=run_dir, verbose=0, backup_every=1,
                                        evaluate_after=False))
 
