@@ -5,11 +5,11 @@
 
 import time
 
-from apps import captioning, digit_ocr, fraud, gan, runner, translation
+from apps import captioning, digit_ocr, fraud, gan, runner, speech, translation
 
 # digit_ocr first: the GAN judges its samples with the LeNet-5 that digit_ocr's demo trains.
 DEMOS = [digit_ocr.demo, gan.demo, fraud.demo, translation.demo,
-         captioning.demo]
+         captioning.demo, speech.demo]
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from bench import (
     mnist_lenet,
     scaling,
     serving,
+    speech,
     transformer_speed,
     translation,
 )
@@ -20,6 +21,7 @@ BENCHMARKS = [
     (mnist_lenet, []), (mnist_layers, []), (lenet_training, []), (lenet_kernels, []),
     (scaling, []), (inference, []), (serving, []), (gan, []), (fraud, []), (translation, []),
     (translation, ["--model", "transformer"]), (transformer_speed, []), (captioning, []),
+    (speech, []),
 ]
 
 if __name__ == "__main__":

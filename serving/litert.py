@@ -25,15 +25,18 @@ import numpy as np
 from serving.startup_logs import quiet_startup
 
 with quiet_startup():
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 
 class LiteRTModel:
-    """A `.tflite` file (path or bytes) loaded in the LiteRT interpreter."""
+    """A `.tflite` file (path or bytes) loaded in the LiteRT interpreter. `xnnpack=False`: the
+    builtin kernels only, for a model that LiteRT's default XNNPACK delegate fails to prepare."""
 
-    def __init__(self, model: bytes | str | Path, threads: int = 1):
+    def __init__(self, model: bytes | str | Path, threads: int = 1, xnnpack: bool = True):
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        self.interpreter = Interpreter(model_content=content, num_threads=threads)
+        options = {} if xnnpack else {
+            "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+        self.interpreter = Interpreter(model_content=content, num_threads=threads, **options)
         self.signature_names = list(self.interpreter.get_signature_list())
 
     def signature(self, name: str | None = None) -> "SignatureRunner":
@@ -134,7 +137,16 @@ def read_arrays(runner: SignatureRunner, config: dict, files: list[Path],
     return lines
 
 
-PREPROCESSORS = {"mnist_digits": read_digit_images, None: read_arrays}
+def read_spoken_digits(runner: SignatureRunner, config: dict, files: list[Path],
+                       labels: list[str]) -> list[str]:
+    """`wav_log_mel`: WAV files of spoken digits (`serving.litert_speech`)."""
+    from serving import litert_speech
+
+    return litert_speech.lines(runner, config, files, labels)
+
+
+PREPROCESSORS = {"mnist_digits": read_digit_images, "wav_log_mel": read_spoken_digits,
+                 None: read_arrays}
 
 
 def main(argv=None) -> None:
@@ -144,7 +156,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("model", type=Path, help="a .tflite file (a litert.json beside it helps)")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
-                        help="image files for image models, else .npy arrays")
+                        help="image files for image models, WAV files for speech, else .npy arrays")
     parser.add_argument("--signature", help="default: the one litert.json names, else the first")
     parser.add_argument("--threads", type=int, default=1, help="default: %(default)s")
     args = parser.parse_args(argv)
