@@ -6,6 +6,8 @@ attention writes the caption, beam search picks it, BLEU-1..4 measures it.
     python -m apps.captioning train --data path/to/Flickr8k  # or .../captions_val2017.json
     python -m apps.captioning train --data ../shared/data/flickr8k --encoder mobilenet_v2 \
         --encoder-weights ../shared/data/imagenet-weights/mobilenet_v2_1.0_224_no_top.weights.h5
+    python -m apps.captioning train --data ... --encoder mobilenet_v2 --encoder-weights ... \
+        --decoder transformer                                # the Transformer decoder instead
     python -m apps.captioning evaluate                       # BLEU-1..4, examples, attention.png
     python -m apps.captioning caption photo.png scene.jpg    # one caption per image
     python -m apps.captioning export                         # -> saved_models/captioning/<n>/
@@ -16,8 +18,9 @@ and their beam-search decoding are defined in `models/captioner.py`. On real pho
 `--encoder mobilenet_v2` trains `models/photo_captioner.py` instead: an ImageNet-pretrained
 MobileNetV2 (frozen, its 7x7 grids computed once per run and cached on disk in float16,
 `pipelines/region_grids.py`) under an attention LSTM with Xu et al.'s gate and doubly stochastic
-attention; the best epoch is chosen by validation BLEU-4 and the beam width and length penalty
-on validation too (`models/photo_training.py`).
+attention, or with `--decoder transformer` the Transformer decoder of `layers/transformer.py`
+cross-attending to the 49 regions; the best epoch is chosen by validation BLEU-4 and the beam
+width and length penalty on validation too (`models/photo_training.py`).
 
 Quality is corpus BLEU-1..4 with sacreBLEU against all references of each held-out image
 (multi-reference BLEU: an n-gram counts when any reference has it, clipped by the reference that
@@ -86,6 +89,12 @@ MODEL_BASE = Path("saved_models")
 # photos, each with all of its (5) captions.
 PHOTO = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "units": 512,
          "embedding_dim": 256, "image_size": 224}
+SCENE = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+         "units": UNITS, "embedding_dim": EMBEDDING_DIM, "image_size": IMAGE_SIZE}
+# DECODERS caption the scenes (models/captioner.py), PHOTO_DECODERS the photos: --decoder
+# transformer is for photos only (the scenes' LSTMs already reach BLEU-4 above 80).
+PHOTO_DECODERS = photo.DECODERS  # attention (the LSTM) or transformer
+TRAIN_DECODERS = (*DECODERS, *(d for d in PHOTO_DECODERS if d not in DECODERS))
 
 
 @dataclass(kw_only=True)
@@ -96,16 +105,17 @@ class TrainConfig(runner.TrainingConfig):
     (--encoder-weights); `evaluate_after`: BLEU on the held-out split once trained."""
 
     data: str = DEFAULT_DATA
-    epochs: int = EPOCHS
-    batch_size: int = BATCH_SIZE
+    # None: SCENE's value on the generated scenes, PHOTO's with --encoder mobilenet_v2
+    epochs: int | None = None
+    batch_size: int | None = None
     seed: int = SEED
     decoder: str = DECODER
     scenes: int = SCENES
     objects: int | None = None
-    image_size: int = IMAGE_SIZE
-    units: int = UNITS
-    embedding_dim: int = EMBEDDING_DIM
-    learning_rate: float = LEARNING_RATE
+    image_size: int | None = None
+    units: int | None = None
+    embedding_dim: int | None = None
+    learning_rate: float | None = None
     backbone: str | None = None
     backbone_weights: str | None = None
     encoder_alpha: float | None = None
@@ -113,23 +123,35 @@ class TrainConfig(runner.TrainingConfig):
     evaluate_after: bool = True
 
     def __post_init__(self):
-        if self.decoder not in DECODERS:
-            raise UsageError(f"--decoder {self.decoder}: choose from {', '.join(DECODERS)}")
+        if self.decoder not in TRAIN_DECODERS:
+            raise UsageError(f"--decoder {self.decoder}: choose from"
+                             f" {', '.join(TRAIN_DECODERS)}")
         if self.backbone == PHOTO_ENCODER:
+            if self.decoder not in PHOTO_DECODERS:
+                raise UsageError(f"--decoder {self.decoder}: with --encoder {PHOTO_ENCODER}"
+                                 f" choose from {', '.join(PHOTO_DECODERS)}")
             self._photo_defaults()
+        elif self.decoder not in DECODERS:
+            raise UsageError(f"--decoder {self.decoder} captions photos only: add --encoder"
+                             f" {PHOTO_ENCODER} (with --data and --encoder-weights)")
         elif self.backbone and not hasattr(keras.applications, self.backbone):
             raise UsageError(f"--encoder {self.backbone}: not a keras.applications model")
+        else:
+            self._fill_defaults(SCENE)
         if self.backbone_weights and not Path(self.backbone_weights).is_file():
             raise DataError(f"{self.backbone_weights}: no such weights file (--encoder-weights)")
+
+    def _fill_defaults(self, defaults: dict):
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def _photo_defaults(self):
         """--encoder mobilenet_v2: photos, PHOTO's defaults, the weights file checked (alpha)."""
         if self.data == DEFAULT_DATA:
             raise UsageError(f"--encoder {PHOTO_ENCODER} captions photos: --data names a"
                              " Flickr8k folder or a COCO captions JSON")
-        for name, value in PHOTO.items():
-            if getattr(self, name) == getattr(TrainConfig, name):
-                setattr(self, name, value)
+        self._fill_defaults(PHOTO)
         if not self.backbone_weights:
             raise UsageError(f"--encoder {PHOTO_ENCODER} needs --encoder-weights: a local"
                              " .weights.h5 file, or imagenet (downloads)")
@@ -205,12 +227,13 @@ def batches(images: np.ndarray, index: list[int], ids: np.ndarray, batch_size: i
                     num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def compile_model(model: keras.Model, steps: int, learning_rate: float = LEARNING_RATE):
+def compile_model(model: keras.Model, steps: int, learning_rate: float = LEARNING_RATE,
+                  label_smoothing: float = 0.0):
     """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate for
     the global batch (`train` scales the per-replica rate). The loss and the clipping see the
     whole global batch under MirroredStrategy (`models.sequence_training`)."""
     model.compile(optimizer=warmup_cosine_adam(steps, learning_rate, WARMUP_SHARE, CLIP_NORM),
-                  loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
+                  loss=MaskedCrossEntropy(label_smoothing), metrics=[MaskedAccuracy()])
     return model
 
 
@@ -273,7 +296,9 @@ def train_photos(config: TrainConfig) -> dict:
     """--encoder mobilenet_v2: the photos' grids cached once, the decoder trained on them, the
     best epoch by validation BLEU-4, the beam width and length penalty chosen on validation
     (decoding.json), then the test figures."""
-    run = runner.TrainingRun(APP, config, default_run_dir(config.data, PHOTO_ENCODER))
+    transformer = config.decoder == "transformer"
+    run = runner.TrainingRun(APP, config, default_run_dir(
+        config.data, f"{PHOTO_ENCODER}-transformer" if transformer else PHOTO_ENCODER))
     dataset = load_data(config.data)
     text = region_grids.photo_captions({"train": dataset.train.references,
                                         "validation": dataset.validation.references},
@@ -281,6 +306,11 @@ def train_photos(config: TrainConfig) -> dict:
     settings = {"alpha": config.encoder_alpha, "captions_per_photo": text.per_photo,
                 "caption_length": text.length + 1, "image_size": config.image_size,
                 "embedding_dim": config.embedding_dim, "units": config.units}
+    if transformer:  # photo_captioner's sizes, in run.json (the untrained copy is built from it)
+        settings = {**{k: v for k, v in settings.items() if k not in ("embedding_dim", "units")},
+                    "decoder": "transformer", "layers": photo.TRANSFORMER_LAYERS,
+                    "heads": photo.TRANSFORMER_HEADS, "memory_dim": photo.D_MODEL,
+                    "ff": photo.TRANSFORMER_FF, "dropout": photo.TRANSFORMER_DROPOUT}
     with run.strategy.scope():
         photo_model, grid_model = photo.build_photo_models(text.tokenizer.size, **settings,
                                                            weights=config.backbone_weights)
@@ -305,7 +335,8 @@ def train_photos(config: TrainConfig) -> dict:
               photos_encoded=cache.computed)
     text_pairs.write_vocabulary(run.path / "vocab.txt", text.tokenizer.vocabulary)
     with run.strategy.scope():
-        compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate)
+        compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate,
+                      photo.LABEL_SMOOTHING if transformer else 0.0)
     validation = text.references["validation"]
     selection = photo_training.ValidationBLEU(
         photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
@@ -326,7 +357,8 @@ def train_photos(config: TrainConfig) -> dict:
     if config.evaluate_after:
         metrics.update(photo_metrics(best, dataset, run.path, decoding["beam_width"],
                                      decoding["alpha"]))
-        print(f"{APP} ({PHOTO_ENCODER} {config.encoder_alpha}) on {dataset.name}: test"
+        print(f"{APP} ({PHOTO_ENCODER} {config.encoder_alpha}, {config.decoder}) on"
+              f" {dataset.name}: test"
               " BLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
               + f" ({metrics['test_images']} photos), run directory {run.path}")
     return run.finish(metrics)
@@ -615,8 +647,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--data", default=DEFAULT_DATA,
         help="scenes (generated shape scenes, default), a Flickr8k folder or a COCO"
              " captions_*.json")
-    train_parser.add_argument("--decoder", choices=DECODERS, default=DECODER,
-                              help="default: %(default)s")
+    train_parser.add_argument("--decoder", choices=TRAIN_DECODERS, default=DECODER,
+                              help=f"transformer: photos only (--encoder {PHOTO_ENCODER}), the"
+                                   " Transformer decoder over the 7x7 regions"
+                                   " (default: %(default)s)")
     train_parser.add_argument("--encoder", dest="backbone", default=None, metavar="NAME",
                               help=f"{PHOTO_ENCODER}: the photo captioner on an ImageNet-"
                                    "pretrained MobileNetV2 (frozen, grids cached); or a"
@@ -637,13 +671,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="generated scenes (default: %(default)s)")
     train_parser.add_argument("--objects", type=int, choices=(1, 2, 3),
                               help="objects per generated scene (default: 1 to 3)")
-    train_parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
-                              help="images are resized to this square (default: %(default)s)")
-    train_parser.add_argument("--units", type=int, default=UNITS, help="default: %(default)s")
-    train_parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+    def scenes_and_photos(name):
+        return f"default: {SCENE[name]}, photos {PHOTO[name]}"
+
+    train_parser.add_argument("--image-size", type=int,
+                              help="images are resized to this square"
+                                   f" ({scenes_and_photos('image_size')})")
+    train_parser.add_argument("--units", type=int, help=scenes_and_photos("units"))
+    train_parser.add_argument("--learning-rate", type=float,
                               help="peak Adam learning rate for one replica's batch; N"
-                                   " replicas train at N times it (default: %(default)s)")
-    runner.add_training_options(train_parser, EPOCHS, BATCH_SIZE)
+                                   " replicas train at N times it"
+                                   f" ({scenes_and_photos('learning_rate')})")
+    runner.add_training_options(train_parser, None, None, scenes_and_photos("epochs"),
+                                scenes_and_photos("batch_size"))
     runner.add_quick_option(train_parser, QUICK)
 
     with_search(with_run_dir(commands.add_parser(

@@ -6,10 +6,12 @@ loader on a fixture with the real file layout. With --flickr8k: real photos.
     python -m bench.captioning --decoders attention --epochs 4
     python -m bench.captioning --flickr8k ../shared/data/flickr8k \
         --weights ../shared/data/imagenet-weights/mobilenet_v2_{1.0,0.35}_224_no_top.weights.h5
+    python -m bench.captioning --flickr8k ... --weights ... --decoders transformer --epochs 8
 
 Flickr8k: for each MobileNetV2 weights file, `train --encoder mobilenet_v2` (grids cached,
 best epoch by validation BLEU-4, beam and length penalty chosen on validation), BLEU-1..4 on the
-1,000 standard test photos beside the most frequent training caption and an untrained copy, the
+1,000 standard test photos beside the most frequent training caption and an untrained copy (with
+`--decoders`: each photo decoder, attention or transformer, on the same encoder), the
 wall and CPU time of training (caching included: CPU time from getrusage, the machine is
 shared), then the export and LiteRT: the int8 encoder with each decoder file captions the test
 photos greedily, beside Keras' greedy and beam captions; the `.tflite` sizes. Target: BLEU-4 >=
@@ -17,8 +19,8 @@ photos greedily, beside Keras' greedy and beam captions; the `.tflite` sizes. Ta
 
 The held-out images show combinations of objects never seen in training
 (`pipelines.shape_scenes`). Target: BLEU-4 >= 80 (0-100 scale) for the attention captioner.
-There is no Flickr8k in ../shared/data: the loader is timed on a fixture built here with the real
-layout (Flickr8k.token.txt, Flicker8k_Dataset/, the three split files).
+The Flickr8k loader is also timed on a fixture built here with the real layout
+(Flickr8k.token.txt, Flicker8k_Dataset/, the three split files).
 """
 
 import argparse
@@ -84,7 +86,9 @@ def cpu_seconds() -> float:
 
 
 def train_photos(data: str, weights: str, run_dir: Path, **options) -> dict:
-    """One `train --encoder mobilenet_v2` run: its test figures, wall and CPU time."""
+    """One `train --encoder mobilenet_v2` run: its test figures, wall and CPU time. A
+    `region_grids` folder already in `run_dir` (a link to another run's, say) is used as it is
+    when its key matches: same backbone, weights and photos."""
     cpu, wall = cpu_seconds(), time.perf_counter()
     config = captioning.TrainConfig(data=data, backbone="mobilenet_v2", backbone_weights=weights,
                                     run_dir=run_dir, verbose=2, evaluate_after=False,
@@ -94,7 +98,7 @@ def train_photos(data: str, weights: str, run_dir: Path, **options) -> dict:
                "train CPU min": round((cpu_seconds() - cpu) / 60, 1)}
     cpu = cpu_seconds()
     figures = captioning.evaluate(run_dir)
-    return {"alpha": config.encoder_alpha, "epochs": config.epochs,
+    return {"decoder": config.decoder, "alpha": config.encoder_alpha, "epochs": config.epochs,
             **{f"BLEU-{n}": round(figures[f"bleu{n}"], 1) for n in range(1, 5)},
             "most frequent BLEU-1/4": f"{figures['most_frequent_bleu1']:.1f} /"
                                       f" {figures['most_frequent_bleu4']:.1f}",
@@ -141,25 +145,39 @@ def photo_lite(run_dir: Path, models: Path, picture: Path | None = None) -> dict
 
 
 def flickr8k(args) -> dict:
+    """Each weights file under each photo decoder (--decoders; default the attention LSTM): the
+    LSTM's runs in <workdir>/<weights name>, the Transformer's in <...>-transformer."""
     workdir = Path(args.workdir)
     rows, lite = [], {}
+    decoders = args.decoders or ["attention"]
+    unknown = [d for d in decoders if d not in captioning.PHOTO_DECODERS]
+    if unknown:
+        raise runner.UsageError(f"--decoders {' '.join(unknown)}: photos are captioned by"
+                                f" {', '.join(captioning.PHOTO_DECODERS)}")
     for weights in args.weights:
-        name = Path(weights).name.split("_224")[0]
-        run_dir = workdir / name
-        if "train" in args.stages:
-            rows.append(train_photos(args.flickr8k, weights, run_dir,
-                                     **({"epochs": args.epochs} if args.epochs else {})))
-            print(json.dumps(rows[-1]), flush=True)
-        if "lite" in args.stages:
-            picture = README_PICTURE if weights == args.weights[0] else None
-            lite[name] = photo_lite(run_dir, workdir / f"models-{name}", picture)
-            print(json.dumps(lite[name]), flush=True)
+        for decoder in decoders:
+            name = Path(weights).name.split("_224")[0]
+            name += "" if decoder == "attention" else f"-{decoder}"
+            run_dir = workdir / name
+            if "train" in args.stages:
+                options = {"decoder": decoder, **({"epochs": args.epochs} if args.epochs
+                                                   else {})}
+                rows.append(train_photos(args.flickr8k, weights, run_dir, **options))
+                print(json.dumps(rows[-1]), flush=True)
+            if "lite" in args.stages:
+                first = weights == args.weights[0]
+                picture = (README_PICTURE if decoder == "attention" else README_PICTURE.with_name(
+                    f"{README_PICTURE.stem}_{decoder}.png")) if first else None
+                lite[name] = photo_lite(run_dir, workdir / f"models-{name}", picture)
+                print(json.dumps(lite[name]), flush=True)
     if rows:
         print(f"\nFlickr8k, 1,000 test photos; target BLEU-4 >= {PHOTO_BLEU4_TARGET} with at"
               f" most {PHOTO_CPU_MINUTES} CPU-minutes of training")
         runner.print_table(rows)
-    results = {"flickr8k": rows, "litert": lite, "bleu4_target": PHOTO_BLEU4_TARGET}
-    save_results("captioning_flickr8k", results)
+    results = {"flickr8k": rows, "litert": lite, "bleu4_target": PHOTO_BLEU4_TARGET,
+               "decoders": decoders}
+    save_results("captioning_flickr8k" if decoders == ["attention"]
+                 else f"captioning_flickr8k_{'_'.join(decoders)}", results)
     return results
 
 
@@ -167,9 +185,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.captioning", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=captioning.SCENES)
-    parser.add_argument("--epochs", type=int, default=captioning.EPOCHS)
-    parser.add_argument("--decoders", nargs="+", choices=captioning.DECODERS,
-                        default=list(captioning.DECODERS))
+    parser.add_argument("--epochs", type=int,
+                        help=f"default: {captioning.SCENE['epochs']},"
+                             f" photos {captioning.PHOTO['epochs']}")
+    parser.add_argument("--decoders", nargs="+", choices=captioning.TRAIN_DECODERS,
+                        default=None,
+                        help="scenes: attention and show-and-tell (default: both); --flickr8k:"
+                             " attention and/or transformer (default: attention)")
     parser.add_argument("--flickr8k", metavar="DIR", help="real photos instead of the scenes")
     parser.add_argument("--weights", nargs="+", default=[], metavar="FILE",
                         help="MobileNetV2 no-top .weights.h5 files, one run each")
@@ -180,8 +202,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.flickr8k:
         return flickr8k(args)
+    args.epochs = args.epochs or captioning.SCENE["epochs"]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [train_one(d, args.scenes, args.epochs, Path(tmp)) for d in args.decoders]
+        rows = [train_one(d, args.scenes, args.epochs, Path(tmp))
+                for d in args.decoders or captioning.DECODERS]
         loader = flickr_loader(Path(tmp))
     print(f"\nShape scenes ({args.scenes} generated, {args.epochs} epochs, beam"
           f" {captioning.BEAM_WIDTH}); target BLEU-4 >= {BLEU4_TARGET:.0f} on held-out"

@@ -18,6 +18,18 @@ The query is the LSTM's current output h_t (as in Lu et al., 2017, "Knowing when
 not h_{t-1} fed back into the LSTM: teacher forcing then runs the LSTM over the whole caption in
 one call, and attention, gate and output for all words at once, which is what lets a CPU train it.
 
+`--decoder transformer` swaps the LSTM for `layers.transformer.TransformerDecoder` (Vaswani et
+al., 2017), the translator's, whose cross-attention reads the regions instead of a sentence:
+
+    TransformerRegionHead: regions -> LayerNorm(W regions + row_i + column_i)  [batch, 49, D]
+                           (a learned position per grid row and per grid column), dropout
+    PhotoTransformerDecoder: N x (causal self-attention, cross-attention on the 49 regions, FFN),
+                           pre-layer-norm; decoding keeps each layer's keys and values in a
+                           fixed-size cache, reordered with the beams like the LSTM's [h, c]
+
+No encoder self-attention over the regions: MobileNetV2's last block already mixes a 7x7 grid
+whose receptive fields cover the photo, and the decoder's own layers relate the regions it reads.
+
 The encoder is frozen, so each photo's grid is computed once per run and kept on disk in
 float16 (`pipelines.region_grids`); training reads grids, not photos, and the model it trains
 (`build_photo_models`' second model) starts at the grid. The first model starts at the photo,
@@ -39,6 +51,7 @@ import tensorflow as tf
 from keras import ops
 
 from layers.beam_search import EncoderDecoderSearch
+from layers.transformer import TransformerDecoder
 from pipelines import DataError, text_pairs
 
 BACKBONE = "mobilenet_v2"
@@ -50,6 +63,16 @@ EMBEDDING_DIM = 256
 ATTENTION_DIM = 256
 DROPOUT = 0.5  # on the projected regions and on the deep output, as in Xu et al.
 ATTENTION_PENALTY = 1.0  # Xu et al.'s lambda for the doubly stochastic attention
+DECODERS = ("attention", "transformer")  # the attention LSTM, or the Transformer decoder
+# --decoder transformer: the translator's base sizes. A training step costs about 1.4x the LSTM's
+# (1.6 against 1.2 CPU-seconds for 32 photos x 5 captions), so the same CPU budget buys fewer
+# epochs; dropout stays at Vaswani et al.'s 0.1, as a run that short underfits before it overfits.
+TRANSFORMER_LAYERS = 3
+TRANSFORMER_HEADS = 4  # 64 wide each
+D_MODEL = 256  # the regions are projected to this too
+TRANSFORMER_FF = 1024
+TRANSFORMER_DROPOUT = 0.1
+LABEL_SMOOTHING = 0.1  # Vaswani et al.'s; the LSTM trains without
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,18 +163,67 @@ class RegionHead(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="captioning")
+class TransformerRegionHead(keras.layers.Layer):
+    """regions [batch, R, C] -> (memory [batch, R, D], region mask [batch, R] of ones, no state):
+    the Transformer decoder's memory. Attention has no notion of where a region is, so each one
+    gets a learned vector for its grid row and one for its column (2 x 7 x D values instead of
+    49 x D: neighbours share them), added before a layer norm that puts the projected ReLU6
+    features on the scale of the decoder's normalised stream. The decoder's cache starts empty
+    (`TransformerDecoder.start_state`), so there is no initial state to compute."""
+
+    def __init__(self, side: int, width: int = D_MODEL, dropout: float = TRANSFORMER_DROPOUT,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.side, self.width, self.dropout_rate = int(side), int(width), dropout
+        self.project = keras.layers.Dense(width, name="regions")
+        # Drawn at unit scale, like the projected features they are added to: at Keras' default
+        # (uniform within 0.05) the layer norm all but erases them, and a toy decoder that must
+        # say which region holds a pattern learns the colour but not the place.
+        where = keras.initializers.RandomNormal(stddev=1.0)
+        self.rows = keras.layers.Embedding(self.side, width, embeddings_initializer=where,
+                                           name="rows")
+        self.columns = keras.layers.Embedding(self.side, width, embeddings_initializer=where,
+                                              name="columns")
+        self.norm = keras.layers.LayerNormalization(name="norm")
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def call(self, regions, training=None):
+        regions = ops.cast(regions, "float32")
+        cells = ops.arange(self.side)
+        # Region r of the row-major grid sits at row r // side and column r % side.
+        where = (ops.repeat(self.rows(cells), self.side, axis=0)
+                 + ops.tile(self.columns(cells), (self.side, 1)))  # [R, D]
+        memory = self.norm(self.project(regions) + where[None])
+        mask = ops.ones(ops.shape(regions)[:2], "float32")
+        return self.dropout(memory, training=training), mask, []
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "side": self.side, "width": self.width,
+                "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
 class PhotoEncoder(keras.layers.Layer):
-    """uint8 photo [batch, S, S, 3] -> RegionHead's outputs, through MobileNetV2 (frozen) with
-    its preprocessing (x / 127.5 - 1) inside. `grid` is the part the cache stores."""
+    """uint8 photo [batch, S, S, 3] -> the head's outputs (RegionHead's for the LSTM,
+    TransformerRegionHead's for the Transformer), through MobileNetV2 (frozen) with its
+    preprocessing (x / 127.5 - 1) inside. `grid` is the part the cache stores."""
 
     def __init__(self, alpha=1.0, image_size=PHOTO_SIZE, memory_dim=MEMORY_DIM, units=UNITS,
-                 dropout=DROPOUT, **kwargs):
+                 dropout=DROPOUT, decoder="attention", **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.image_size = float(alpha), int(image_size)
         self.memory_dim, self.units, self.dropout_rate = memory_dim, units, dropout
+        self.decoder = decoder
         self.backbone = mobilenet_v2(self.alpha, self.image_size)
         self.backbone.trainable = False
-        self.head = RegionHead(memory_dim, units, dropout, name="head")
+        if decoder == "transformer":
+            self.head = TransformerRegionHead(self.image_size // 32, memory_dim, dropout,
+                                              name="head")
+        else:
+            self.head = RegionHead(memory_dim, units, dropout, name="head")
 
     def grid(self, images):
         """uint8 [batch, S, S, 3] -> regions float32 [batch, (S/32)^2, 1280]."""
@@ -168,7 +240,7 @@ class PhotoEncoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "image_size": self.image_size,
                 "memory_dim": self.memory_dim, "units": self.units,
-                "dropout": self.dropout_rate}
+                "dropout": self.dropout_rate, "decoder": self.decoder}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,11 +320,35 @@ class PhotoDecoder(keras.layers.Layer):
                 "penalty": self.penalty}
 
 
+@keras.saving.register_keras_serializable(package="captioning")
+class PhotoTransformerDecoder(TransformerDecoder):
+    """`layers.transformer.TransformerDecoder` (its `prepare_memory`, `start_state` and cached
+    `step` as they are) with PhotoDecoder's `call`: an `initial_state` to ignore (the cache
+    starts empty), the cross-attention of the last layer averaged over the heads, [b, T, R],
+    for the attention maps, and `per_memory`: K captions per memory row (the grid model's
+    batches), so that the regions' keys and values are computed once per photo, not K times."""
+
+    def call(self, tokens, memory, memory_mask, initial_state=None, return_attention=False,
+             per_memory=1, training=None):
+        keys = self.prepare_memory(memory)  # [b, layers, 2, heads, R, D / heads]
+        if per_memory > 1:
+            keys = ops.repeat(keys, per_memory, axis=0)
+            memory_mask = ops.repeat(memory_mask, per_memory, axis=0)
+        steps = ops.shape(tokens)[1]
+        causal = ops.arange(steps)[:, None] >= ops.arange(steps)[None, :]  # [T, T]
+        logits, weights = self._blocks(
+            self.embed(tokens, training=training), keys, memory_mask, causal[None, None],
+            lambda i, h: self.self_attentions[i].project(h), training)
+        return (logits, ops.mean(weights, axis=1)) if return_attention else logits
+
+
 def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
                        caption_length: int, image_size: int = PHOTO_SIZE,
                        embedding_dim: int = EMBEDDING_DIM, units: int = UNITS,
-                       memory_dim: int = MEMORY_DIM, dropout: float = DROPOUT,
-                       penalty: float = ATTENTION_PENALTY, weights: str | None = None
+                       memory_dim: int | None = None, dropout: float | None = None,
+                       penalty: float = ATTENTION_PENALTY, decoder: str = "attention",
+                       layers: int = TRANSFORMER_LAYERS, heads: int = TRANSFORMER_HEADS,
+                       ff: int = TRANSFORMER_FF, weights: str | None = None
                        ) -> tuple[keras.Model, keras.Model]:
     """(photo model, grid model), sharing every weight:
 
@@ -261,14 +357,28 @@ def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
 
     The grid model trains: each cached grid is read once per batch with all K of its captions
     (rows b*K + k), so the region projection runs once per photo, not once per caption.
+    `decoder`: "attention" (the LSTM: `embedding_dim`, `units`, `penalty`) or "transformer"
+    (`layers`, `heads`, `ff`, its cache `caption_length` positions long); `memory_dim` (the
+    Transformer's d_model) and `dropout` default to each decoder's own.
     `weights`: a checked MobileNetV2 weights file, or "imagenet" (a download)."""
-    encoder = PhotoEncoder(alpha, image_size, memory_dim, units, dropout, name="encoder")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r}: choose from {', '.join(DECODERS)}")
+    transformer = decoder == "transformer"
+    memory_dim = memory_dim or (D_MODEL if transformer else MEMORY_DIM)
+    dropout = dropout if dropout is not None else (TRANSFORMER_DROPOUT if transformer
+                                                   else DROPOUT)
+    encoder = PhotoEncoder(alpha, image_size, memory_dim, units, dropout, decoder,
+                           name="encoder")
     if weights == "imagenet":
         encoder.backbone.set_weights(mobilenet_v2(alpha, image_size, "imagenet").get_weights())
     elif weights:
         encoder.backbone.load_weights(weights)
-    decoder = PhotoDecoder(vocab_size, embedding_dim, units, dropout=dropout, penalty=penalty,
-                           name="decoder")
+    if transformer:
+        decoder = PhotoTransformerDecoder(vocab_size, caption_length, layers, heads, memory_dim,
+                                          ff, dropout, name="decoder")
+    else:
+        decoder = PhotoDecoder(vocab_size, embedding_dim, units, dropout=dropout,
+                               penalty=penalty, name="decoder")
     photo = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     caption_in = keras.Input((None,), dtype="int32", name="caption_in")
     photo_model = keras.Model([photo, caption_in],
@@ -280,12 +390,15 @@ def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
     captions_in = keras.Input((captions_per_photo, caption_length), dtype="int32",
                               name="captions_in")
     memory, mask, state = encoder.head(regions)
+    captions = ops.reshape(captions_in, (-1, caption_length))
+    if transformer:  # repeats the regions' keys and values itself, once they are computed
+        logits = decoder(captions, memory, mask, per_memory=captions_per_photo)
+    else:
+        def per_caption(x):  # [b, ...] -> [b * K, ...]
+            return ops.repeat(x, captions_per_photo, axis=0)
 
-    def per_caption(x):  # [b, ...] -> [b * K, ...]
-        return ops.repeat(x, captions_per_photo, axis=0)
-
-    logits = decoder(ops.reshape(captions_in, (-1, caption_length)), per_caption(memory),
-                     per_caption(mask), [per_caption(s) for s in state])
+        logits = decoder(captions, per_caption(memory), per_caption(mask),
+                         [per_caption(s) for s in state])
     return photo_model, keras.Model([regions, captions_in], logits, name="grid_captioner")
 
 
@@ -370,7 +483,13 @@ def lite_decoder_archive(model: keras.Model) -> keras.export.ExportArchive:
     archive.track(model)
     regions = (encoder.image_size // 32) ** 2
     channels = encoder.backbone.output.shape[-1]
-    units, memory_dim = decoder.units, encoder.memory_dim
+    # The shapes (and dtypes) of what `decode_step` carries, as `encode` gives them: the LSTM's
+    # keys [1, R, A] and [h, c]; the Transformer's keys and values of every layer and its cache
+    # with the position (int32).
+    memory, keys, mask, state = search.encode(tf.zeros([1, regions, channels], tf.float32))
+
+    def spec(tensor, name):
+        return tf.TensorSpec(tensor.shape, tensor.dtype, name=name)
 
     def encode(regions_in):
         memory, keys, mask, state = search.encode(regions_in)
@@ -386,10 +505,6 @@ def lite_decoder_archive(model: keras.Model) -> keras.export.ExportArchive:
     archive.add_endpoint("encode", encode, input_signature=[
         tf.TensorSpec([1, regions, channels], tf.float32, name="regions")])
     archive.add_endpoint("decode_step", decode_step, input_signature=[
-        tf.TensorSpec([1], tf.int32, name="token"),
-        tf.TensorSpec([1, regions, memory_dim], tf.float32, name="memory"),
-        tf.TensorSpec([1, regions, decoder.attention_dim], tf.float32, name="keys"),
-        tf.TensorSpec([1, regions], tf.float32, name="region_mask"),
-        tf.TensorSpec([1, units], tf.float32, name="state_0"),
-        tf.TensorSpec([1, units], tf.float32, name="state_1")])
+        tf.TensorSpec([1], tf.int32, name="token"), spec(memory, "memory"), spec(keys, "keys"),
+        spec(mask, "region_mask"), spec(state[0], "state_0"), spec(state[1], "state_1")])
     return archive

@@ -14,6 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from apps import captioning, runner
+from models import photo_training
 from pipelines import DataError
 from pipelines import captions as caption_data
 from serving.litert_captioning import CaptionLiteRT
@@ -388,6 +389,18 @@ def photo_run(tmp_path_factory, mobilenet_file):
     return folder, run_dir, metrics
 
 
+def test_photo_defaults_fill_only_the_options_not_given(mobilenet_file, tmp_path):
+    photos = dict(data=str(tmp_path), backbone="mobilenet_v2",
+                  backbone_weights=str(mobilenet_file))
+    chosen = captioning.TrainConfig(**photos)
+    assert (chosen.epochs, chosen.batch_size, chosen.units) == (10, 32, 512)
+    # The scenes' default value, given on the command line, is kept, not taken for "not given".
+    eight = captioning.TrainConfig(**photos, epochs=captioning.SCENE["epochs"])
+    assert eight.epochs == captioning.SCENE["epochs"] and eight.units == 512
+    scenes = captioning.TrainConfig()
+    assert (scenes.epochs, scenes.units) == (captioning.EPOCHS, captioning.UNITS)
+
+
 def test_mobilenet_weights_load_by_layer_path_and_alpha_is_read_from_the_file(mobilenet_file):
     from models import photo_captioner
 
@@ -543,5 +556,150 @@ def test_photo_export_captions_a_500x375_jpeg_in_the_graph_and_on_litert(photo_r
         found = search.best_ids(grids, width, alpha)
         assert max(len(ids) for ids in found) >= 3  # words, not only [end]
         for image_grid, ids in zip(grids, found):
+            lite.encode_image = lambda pixels, g=image_grid: {"regions": g[None]}
+            assert lite.beam_ids(images[0], width, alpha) == [int(t) for t in ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# Photos with --decoder transformer: layers.transformer's decoder cross-attending to the grid,
+# at toy sizes (the module's constants patched for the fixture) on the same photo folder.
+# ---------------------------------------------------------------------------------------------
+
+TINY_TRANSFORMER = {"TRANSFORMER_LAYERS": 2, "TRANSFORMER_HEADS": 2, "D_MODEL": 32,
+                    "TRANSFORMER_FF": 64}
+COLOURS, PLACES = ("red", "green", "blue"), ("top left", "top right", "bottom left",
+                                             "bottom right")
+
+
+@pytest.fixture(scope="module")
+def transformer_run(tmp_path_factory, mobilenet_file):
+    """`train --decoder transformer` on the photo folder at toy sizes, one epoch, two decodings
+    tried on validation instead of seven: the app's path, not learning (the random MobileNetV2
+    of the fixture gives every photo the same grid, all zeros)."""
+    from models import photo_captioner
+
+    folder = tmp_path_factory.mktemp("photos") / "Flickr8k"
+    photo_folder(folder)
+    run_dir = folder.parent / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in TINY_TRANSFORMER.items():
+            patch.setattr(photo_captioner, name, value)
+        patch.setattr(photo_training, "BEAM_WIDTHS", (1, 3))
+        patch.setattr(photo_training, "LENGTH_PENALTIES", (0.0,))
+        metrics = captioning.train(captioning.TrainConfig(
+            data=str(folder), backbone="mobilenet_v2", backbone_weights=str(mobilenet_file),
+            decoder="transformer", epochs=1, run_dir=run_dir, evaluate_after=False,
+            **PHOTO_OPTIONS))
+    return folder, run_dir, metrics
+
+
+def made_up_grids(rng, patterns: np.ndarray, count: int) -> tuple[np.ndarray, list[str]]:
+    """2x2 grids of noise where one region holds a colour's pattern; the caption names the
+    colour and the region, so the decoder must attend to the right one and know where it is."""
+    colour, place = rng.integers(0, 3, count), rng.integers(0, 4, count)
+    grids = rng.normal(0, 0.3, (count, 4, patterns.shape[1]))
+    grids[np.arange(count), place] += patterns[colour]
+    return grids.astype(np.float32), [f"a {COLOURS[c]} photo {PLACES[p]}"
+                                      for c, p in zip(colour, place)]
+
+
+@pytest.fixture(scope="module")
+def grid_transformer():
+    """A toy Transformer photo decoder trained on `made_up_grids` (150 steps), an untrained
+    copy, and held-out grids with their captions."""
+    from models.photo_captioner import GridCaptioner, build_photo_models
+
+    rng = np.random.default_rng(3)
+    patterns = rng.normal(0, 1, (3, 1280))
+    grids, texts = made_up_grids(rng, patterns, 800)
+    tokenizer = captioning.build_tokenizer(texts)
+    ids = captioning.caption_ids(tokenizer, texts, 5)  # [start] 5 words [end]
+    sizes = {"alpha": 0.35, "captions_per_photo": 1, "caption_length": 6,
+             "image_size": PHOTO_SIZE, "decoder": "transformer", "layers": 2, "heads": 2,
+             "memory_dim": 32, "ff": 64}
+    keras.utils.set_random_seed(0)
+    (photo_model, grid_model), (untrained, _) = (build_photo_models(tokenizer.size, **sizes)
+                                                 for _ in range(2))
+    captioning.compile_model(grid_model, 150, 3e-3, label_smoothing=0.1)
+    grid_model.fit((grids.astype(np.float16), ids[:, None, :-1]), ids[:, 1:], batch_size=32,
+                   epochs=6, verbose=0)
+    held_out, held_out_texts = made_up_grids(rng, patterns, 30)
+    return ({name: GridCaptioner(model, tokenizer, 6)
+             for name, model in (("trained", photo_model), ("untrained", untrained))},
+            held_out, held_out_texts)
+
+
+def test_transformer_photo_decoder_names_colour_and_region_an_untrained_copy_does_not(
+        grid_transformer):
+    captioners, grids, texts = grid_transformer
+    exact = {name: np.mean([c == t for c, t in zip(captioner.captions(grids, 1, 0.0), texts)])
+             for name, captioner in captioners.items()}
+    # Chance is a third for the colour times a quarter for the place.
+    assert exact["trained"] >= 0.7 and exact["untrained"] == 0.0, exact
+
+
+def test_transformer_cached_beam_search_gives_the_prefix_recomputing_search_tokens(
+        grid_transformer):
+    from layers.beam_search import EncoderDecoderSearch
+    from layers.transformer import RecomputingDecoder
+    from pipelines import text_pairs
+
+    captioners, grids, _ = grid_transformer
+    for cached in captioners.values():  # trained: confident; untrained: close calls
+        recomputing = EncoderDecoderSearch(
+            cached.encoder, RecomputingDecoder(cached.decoder), cached.decoder.vocab_size,
+            forbidden_ids=(text_pairs.PAD, text_pairs.UNK, text_pairs.START),
+            start_id=text_pairs.START, end_id=text_pairs.END)
+        for width, alpha in ((1, 0.0), (3, 0.5)):
+            found = recomputing.decode(tf.constant(grids), cached.max_length, width, alpha)
+            expected = [list(t[:n]) for t, n in zip(found["tokens"][:, 0].numpy(),
+                                                    found["lengths"][:, 0].numpy())]
+            assert [list(ids) for ids in cached.best_ids(grids, width, alpha)] == expected
+
+
+def test_transformer_photo_run_keeps_its_sizes_and_picks_epoch_and_beam_on_validation(
+        transformer_run):
+    _, run_dir, metrics = transformer_run
+    settings = runner.RunDir(run_dir).config()["photo_settings"]
+    assert settings["decoder"] == "transformer" and settings["memory_dim"] == 32
+    assert type(captioning.load_captioner(run_dir).decoder).__name__ == (
+        "PhotoTransformerDecoder")
+    assert metrics["best_val_bleu4"] == max(runner.read_history(run_dir)["val_bleu4"])
+    decoding = json.loads((run_dir / "decoding.json").read_text())
+    assert len(decoding["validation"]) == 2 and metrics["beam_width"] == decoding["beam_width"]
+
+
+def test_transformer_is_for_photos_only(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(captioning.main, ["train", "--decoder", "transformer"])
+    assert exit_info.value.code == 2
+    assert "captions photos only" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # about two minutes: the SavedModel, the int8 encoder, two decoder files
+def test_transformer_export_captions_jpeg_bytes_as_keras_and_runs_on_litert(transformer_run,
+                                                                            tmp_path):
+    from models.photo_captioner import GridCaptioner, photo_grids
+
+    _, run_dir, _ = transformer_run
+    captioner = captioning.load_captioner(run_dir)
+    test = captioning.held_out_data(runner.RunDir(run_dir)).test
+    images = caption_data.image_array(test.images, PHOTO_SIZE)
+    report = captioning.export(run_dir, tmp_path / "models", quiet=True, check_images=2)
+    # serving_default: the JPEG files' bytes in, the caption Keras writes for their pixels.
+    beam, alpha = captioning.decoding_of(runner.RunDir(run_dir), None, None)
+    served = tf.saved_model.load(report["saved_model"]).signatures["serving_default"](
+        images=tf.constant([Path(p).read_bytes() for p in test.images]))
+    assert [c.decode() for c in served["caption"].numpy()] == captioner.captions(
+        images, beam, alpha)
+    assert np.isfinite(served["score"].numpy()).all()
+    # LiteRT: the decoder file carries the key/value cache and the position as its state.
+    assert report["float32"]["same_tokens_as_keras_greedy"] == 1.0
+    extra = Path(report["saved_model"]) / "assets.extra"
+    lite = CaptionLiteRT(extra / "captioning_decoder_float32.tflite")
+    grids = photo_grids(captioner.model, images)
+    search = GridCaptioner(captioner.model, captioner.tokenizer, captioner.max_length)
+    for width, alpha in ((1, 0.0), (3, 0.5)):  # from the same float grids: Keras' tokens
+        for image_grid, ids in zip(grids, search.best_ids(grids, width, alpha)):
             lite.encode_image = lambda pixels, g=image_grid: {"regions": g[None]}
             assert lite.beam_ids(images[0], width, alpha) == [int(t) for t in ids]
