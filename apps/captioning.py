@@ -500,6 +500,10 @@ TFLITE_SIGNATURES = ("encode", "decode_step")
 # No full-int8 variant: as for the translator, TF 2.21's converter is not reliable calibrating a
 # two-signature RNN model; "dynamic" (int8 weights, float activations) is the small one.
 LITE_VARIANTS = ("float32", "float16", "dynamic")
+# Photo runs: an int8 encoder calibrated on PHOTO_CALIBRATION training photos, and the decoder.
+PHOTO_CALIBRATION = 100
+PHOTO_LITE = {"encoder": "captioning_encoder_int8.tflite", "decoder": "captioning_decoder",
+              "variants": ("float32", "dynamic"), "signatures": ("encode", "decode_step")}
 LITE_CHECK_IMAGES = 20  # held-out images decoded by LiteRT and Keras, token for token
 
 
@@ -548,12 +552,49 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
 
 def export_photos(run: runner.RunDir, captioner: Captioner, model_base: Path, quiet: bool,
                   check_images: int) -> dict:
-    """A photo run: the SavedModel runs the beam search chosen on validation; LiteRT gets the
-    int8 encoder and the decoder files (`models.photo_training.export_photos`)."""
+    """A photo run as the next version: the SavedModel (photo bytes of any size in, the beam
+    search chosen on validation in the graph) and, for LiteRT, a full-integer int8 encoder
+    calibrated on training photos beside the decoder's `encode` / `decode_step` in float32 and
+    dynamic; each decoder file is checked with the int8 encoder against Keras' greedy captions."""
+    from serving.litert_captioning import CaptionLiteRT
+
     data = held_out_data(run)
-    report = photo_training.export_photos(
-        captioner, Path(model_base) / APP, run.path, data.train.images,
-        data.test.images[:check_images], *decoding_of(run, None, None), progress=not quiet)
+    beam_width, alpha = decoding_of(run, None, None)
+    size = captioner.image_size
+    images = caption_data.image_array(data.test.images[:check_images], size)
+    keras_greedy = [[int(t) for t in ids]
+                    for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
+    calibration = caption_data.image_array(data.train.images[:PHOTO_CALIBRATION], size)
+    with tempfile.TemporaryDirectory() as folder:
+        photo.lite_encoder_archive(captioner.model).write_out(folder, verbose=False)
+        encoder = export_lib.convert_to_tflite(
+            Path(folder), "encode_image", "int8",
+            [image[None].astype(np.float32) for image in calibration])
+
+    def check(path: Path) -> dict:
+        lite = CaptionLiteRT(path)
+        same = [lite.greedy_ids(image)[0] == ids for image, ids in zip(images, keras_greedy)]
+        return {"same_tokens_as_keras_greedy": float(np.mean(same))}
+
+    report = export_lib.write_version(
+        Path(model_base) / APP, serving_archive(captioner, beam_width, alpha),
+        assets={
+            "vocab.txt": run.path / "vocab.txt",
+            PHOTO_LITE["encoder"]: encoder,
+            "litert.json": {
+                "kind": "captioning", "signatures": list(PHOTO_LITE["signatures"]),
+                "encoder": PHOTO_LITE["encoder"], "image_size": size,
+                "max_length": captioner.max_length, "vocab": "vocab.txt",
+                "beam_width": beam_width, "alpha": alpha,
+                "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK,
+                        "start": text_pairs.START, "end": text_pairs.END}},
+        },
+        tflite=export_lib.TFLiteFiles(PHOTO_LITE["decoder"], PHOTO_LITE["signatures"],
+                                      variants=PHOTO_LITE["variants"], check=check,
+                                      archive=photo.lite_decoder_archive(captioner.model)),
+        report={"run": str(Path(run.path).resolve()), "checked_images": len(images),
+                "encoder_int8_bytes": len(encoder), "beam_width": beam_width, "alpha": alpha},
+        progress=not quiet)
     if not quiet:
         runner.print_export(report)
     return report

@@ -127,8 +127,8 @@ def photo_lite(run_dir: Path, models: Path, picture: Path | None = None) -> dict
                                                   references)["bleu4"],
            f"Keras beam {beam}": captioning.bleu_scores(captioner.captions(images, beam, alpha),
                                                       references)["bleu4"]}
-    for variant in photo_training.LITE["variants"]:
-        lite = CaptionLiteRT(extra / f"{photo_training.LITE['decoder']}_{variant}.tflite")
+    for variant in captioning.PHOTO_LITE["variants"]:
+        lite = CaptionLiteRT(extra / f"{captioning.PHOTO_LITE['decoder']}_{variant}.tflite")
         for width, penalty in {(1, 0.0), (beam, alpha)}:
             started = time.perf_counter()
             texts = [lite.caption(photo, width, penalty) for photo in images]
@@ -141,7 +141,7 @@ def photo_lite(run_dir: Path, models: Path, picture: Path | None = None) -> dict
         photo_training.attention_sheet(captioner, images[:: max(1, len(images) // 4)][:4],
                                       picture, words=5, beam_width=beam, alpha=alpha)
     return {"test BLEU-4": {k: round(v, 2) for k, v in row.items()}, "tflite bytes": sizes,
-            "export checks": {v: report[v] for v in photo_training.LITE["variants"]}}
+            "export checks": {v: report[v] for v in captioning.PHOTO_LITE["variants"]}}
 
 
 def flickr8k(args) -> dict:

@@ -9,22 +9,17 @@ sacreBLEU's corpus score against every reference (`pipelines.captions.bleu_score
 """
 
 import json
-import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from models.captioner import serving_archive
 from models.photo_captioner import (
     GridCaptioner,
     build_photo_models,
-    lite_decoder_archive,
-    lite_encoder_archive,
     photo_grids,
 )
 from pipelines import captions as caption_data
-from pipelines import text_pairs
 from pipelines.captions import bleu_scores as bleu
 from pipelines.captions import most_frequent_caption
 from pipelines.region_grids import plain_references
@@ -32,9 +27,6 @@ from pipelines.region_grids import plain_references
 BEAM_WIDTHS = (1, 3, 5)  # tried on validation after training
 LENGTH_PENALTIES = (0.0, 0.5, 1.0)  # GNMT alpha; no effect at width 1
 SELECTION_BEAM = 3  # the beam that scores each epoch on validation
-CALIBRATION_PHOTOS = 100  # training photos that calibrate the int8 encoder
-LITE = {"encoder": "captioning_encoder_int8.tflite", "decoder": "captioning_decoder",
-        "variants": ("float32", "dynamic"), "signatures": ("encode", "decode_step")}
 SHEET_PHOTOS = 4
 SHEET_WORDS = 7  # attention maps shown per photo
 
@@ -150,50 +142,3 @@ def attention_sheet(captioner, images: np.ndarray, path: Path, words: int = SHEE
     figure.savefig(path, dpi=72)
     plt.close(figure)
     return path
-
-
-def export_photos(captioner, model_base: Path, run_dir: Path, train_photos: list[str],
-                  check_photos: list[str], beam_width: int, alpha: float,
-                  progress: bool = False) -> dict:
-    """The next version under `model_base`: the SavedModel (photo bytes of any size in, the
-    beam search in the graph) and, for LiteRT, a full-integer int8 encoder calibrated on
-    training photos beside the decoder's `encode` / `decode_step` in float32 and dynamic; each
-    decoder file is checked with the int8 encoder against Keras' greedy captions."""
-    from serving import export as export_lib
-    from serving.litert_captioning import CaptionLiteRT
-
-    size = captioner.image_size
-    images = caption_data.image_array(check_photos, size)
-    keras_greedy = [[int(t) for t in ids]
-                    for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
-    calibration = caption_data.image_array(train_photos[:CALIBRATION_PHOTOS], size)
-    with tempfile.TemporaryDirectory() as folder:
-        lite_encoder_archive(captioner.model).write_out(folder, verbose=False)
-        encoder = export_lib.convert_to_tflite(
-            Path(folder), "encode_image", "int8",
-            [photo[None].astype(np.float32) for photo in calibration])
-
-    def check(path: Path) -> dict:
-        lite = CaptionLiteRT(path)
-        same = [lite.greedy_ids(image)[0] == ids for image, ids in zip(images, keras_greedy)]
-        return {"same_tokens_as_keras_greedy": float(np.mean(same))}
-
-    return export_lib.write_version(
-        model_base, serving_archive(captioner, beam_width, alpha),
-        assets={
-            "vocab.txt": Path(run_dir) / "vocab.txt",
-            LITE["encoder"]: encoder,
-            "litert.json": {
-                "kind": "captioning", "signatures": list(LITE["signatures"]),
-                "encoder": LITE["encoder"], "image_size": size,
-                "max_length": captioner.max_length, "vocab": "vocab.txt",
-                "beam_width": beam_width, "alpha": alpha,
-                "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK,
-                        "start": text_pairs.START, "end": text_pairs.END}},
-        },
-        tflite=export_lib.TFLiteFiles(LITE["decoder"], LITE["signatures"],
-                                      variants=LITE["variants"], check=check,
-                                      archive=lite_decoder_archive(captioner.model)),
-        report={"run": str(Path(run_dir).resolve()), "checked_images": len(images),
-                "encoder_int8_bytes": len(encoder), "beam_width": beam_width, "alpha": alpha},
-        progress=progress)
