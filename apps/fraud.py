@@ -426,9 +426,18 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         return {"signature": signature, **anomaly.detection_figures(labels, scores, threshold),
                 "flags_as_keras": float((flags == (keras_scores > threshold)).mean())}
 
+    # The web page's form starts from a typical normal row: the held-out normal whose score is
+    # the normals' median.
+    normals = np.flatnonzero(labels == 0)
+    typical = normals[np.argsort(keras_scores[normals])[len(normals) // 2]]
+
     report = export_lib.write_version(
         Path(model_base) / APP, serving_archive(detector, schema, threshold, calibration),
         assets={
+            "playground.json": {
+                "threshold": threshold,
+                "example": {input_name(f): round(float(v), 6)
+                            for f, v in zip(schema.features, test.features[typical])}},
             "schema.json": {
                 **schema.to_json(), "inputs": [input_name(f) for f in schema.features],
                 "threshold": threshold, "threshold_rule": run["threshold_rule"],

@@ -409,6 +409,7 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         Path(model_base) / f"{APP}_{run['model']}", serving_archive(generator, conditional),
         assets={
             "labels.txt": "\n".join(run["class_names"]) + "\n",
+            "playground.json": {"labels": list(run["class_names"])},  # the web page's classes
             "generator.json": {
                 "model": run["model"], "signature": "serving_default",
                 "inputs": {"noise": f"float32 [N, {run['latent_dim']}], standard normal"}

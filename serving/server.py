@@ -11,6 +11,9 @@ image, and the other way round:
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict      row ("instances") or columnar
                                                                    ("inputs") requests
     GET  /monitoring/prometheus/metrics                            request counts and latencies
+    GET  /                                                         a web page with a panel per
+                                                                   model, for people (serving/
+                                                                   playground.py)
 
 Version policy "latest" (TF Serving's default), following the disk both ways: the newest complete
 version of each model is served (`--num-versions N` keeps the newest N), a new integer directory
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving import playground
 from serving.startup_logs import quiet_startup
 
 log = logging.getLogger("serving.server")
@@ -438,6 +442,12 @@ class ModelRegistry:
                     log.exception("model scan failed")
 
         threading.Thread(target=loop, daemon=True, name="model-poller").start()
+
+    def latest(self) -> dict[str, Servable]:
+        """The newest version served of each model that has one, by name."""
+        with self._lock:
+            return {name: versions[max(versions)]
+                    for name, versions in sorted(self.servables.items()) if versions}
 
     def knows(self, name: str) -> bool:
         """Whether `name` is a model directory this registry has seen."""
@@ -925,6 +935,7 @@ def create_app(registry: ModelRegistry, max_body_bytes: int = MAX_BODY_BYTES,
     async def prometheus_metrics():
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
+    playground.add_routes(app, registry)
     return app
 
 
@@ -1014,6 +1025,7 @@ def main(argv=None) -> None:
     registry.poll_forever(args.poll_seconds)
     log.info("models: %s", ", ".join(sorted(registry.servables)) or "none yet")
     app = create_app(registry, int(args.max_body_mb * 2**20), args.max_instances, args.openapi)
+    log.info("web page: http://%s:%d/", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=args.log_level == "debug")
 
