@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-all bench serve lint clean
+.PHONY: demo test test-fast test-all bench serve screenshots lint clean
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(INSTALLED)  ## every benchmark under bench/; tables on stdout, JSON in 
 
 serve: $(INSTALLED)  ## TF-Serving-compatible REST API on 127.0.0.1:8501 over saved_models/ (make demo first)
 	$(PYTHON) -m serving.server --model-base saved_models --batching
+
+screenshots: $(INSTALLED)  ## the README's pictures of the web page, over `make demo`'s models (run it first)
+	PLAYGROUND_MODEL_BASE=saved_models PLAYGROUND_SCREENSHOTS=docs/playground \
+		$(PYTHON) -m pytest tests/test_playground.py -k "every_panel_used or phone" -p no:cacheprovider
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

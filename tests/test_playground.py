@@ -6,7 +6,8 @@ REST API answers a program for the same input, shown as text.
 Needs Debian's `chromium` (`apt-get install chromium`; `CHROMIUM=path` for another) and
 Playwright for Python, which drives it by `executable_path` (no `playwright install`). Without
 them the tests are skipped, unless REQUIRE_BROWSER=1 (as `.ci/run` sets), where they fail.
-Screenshots of each panel go to a temporary folder, or to PLAYGROUND_SCREENSHOTS if set.
+Screenshots of each panel go to a temporary folder, or to PLAYGROUND_SCREENSHOTS if set
+(`make screenshots` takes the README's over `make demo`'s models).
 """
 
 import base64
@@ -27,7 +28,7 @@ from PIL import Image
 from serving_process import Server, call
 
 from apps import captioning, fraud, gan, speech, translation
-from pipelines import audio
+from pipelines import audio, shape_scenes
 from serving import playground
 
 PAGE_BUDGET_BYTES = 100 * 1024  # all the page's files together, first load
@@ -110,15 +111,23 @@ PANEL_KINDS = {"captioning": "caption", "digit_ocr": "sketch", "fraud": "form",
 
 @pytest.fixture(scope="module")
 def model_base(exported, trained_run, tmp_path_factory):
+    """The tiny models, or for `make screenshots` the ones `make demo` exported where it has
+    (PLAYGROUND_MODEL_BASE=saved_models), copied: the tests never write there."""
+    demo = Path(os.environ.get("PLAYGROUND_MODEL_BASE") or tmp_path_factory.mktemp("no_demo"))
     base = tmp_path_factory.mktemp("served")
-    shutil.copytree(exported[0] / "digit_ocr", base / "digit_ocr")
+    shutil.copytree(demo / "digit_ocr" if (demo / "digit_ocr").is_dir()
+                    else exported[0] / "digit_ocr", base / "digit_ocr")
     runs = tmp_path_factory.mktemp("tiny_runs")
     for name, (app, options) in TINY_MODELS.items():
+        if (demo / name).is_dir():
+            shutil.copytree(demo / name, base / name)
+            continue
         judge = ["--evaluator", str(trained_run)] if app is gan else []
         app.main(["train", *options, *judge, "--run-dir", str(runs / name)])
         app.main(["export", "--run-dir", str(runs / name), "--model-base", str(base)])
-    build_echo_model(base / "echo" / "1")
-    build_adder_model(base / "adder" / "1")
+    if not os.environ.get("PLAYGROUND_MODEL_BASE"):  # the README's picture shows the apps only
+        build_echo_model(base / "echo" / "1")
+        build_adder_model(base / "adder" / "1")
     return base
 
 
@@ -127,7 +136,7 @@ def server(model_base):
     running = Server(model_base, ready="digit_ocr")
     deadline = time.monotonic() + 120
     while {m["name"] for m in call(f"{running.url}/playground/models.json")[1]["models"]} \
-            != set(PANEL_KINDS):
+            != {model.name for model in model_base.iterdir()}:
         assert time.monotonic() < deadline, "the server did not load every model"
         time.sleep(0.3)
     yield running
@@ -370,11 +379,17 @@ def test_a_rejected_request_shows_the_servers_message(page, tmp_path):
     assert panel(page, "captioning").locator(".output").inner_text() == ""
 
 
-def test_a_wav_upload_is_heard_as_the_api_hears_it(page, server, tmp_path, screenshots):
+def a_recording(folder: Path) -> Path:
+    """One spoken digit of the embedded FSDD subset, as a WAV file in `folder`."""
     with zipfile.ZipFile(audio.EMBEDDED) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".wav"))
-        recording = tmp_path / Path(name).name
+        recording = folder / Path(name).name
         recording.write_bytes(archive.read(name))
+    return recording
+
+
+def test_a_wav_upload_is_heard_as_the_api_hears_it(page, server, tmp_path, screenshots):
+    recording = a_recording(tmp_path)
     sent = predict_and_wait(page, "speech", lambda: panel(page, "speech")
                             .locator("input[type=file]").set_input_files(recording))
     expected = served(server, "speech", sent)["predictions"][0]
@@ -461,19 +476,27 @@ def test_any_other_signature_gets_a_json_request_box(page):
 
 def test_every_panel_used_on_one_page(page, tmp_path, screenshots):
     """The picture in the README: each app's panel after a person has used it."""
-    predict_and_wait(page, "digit_ocr", lambda: draw(
-        page, "digit_ocr", [[(0.3, 0.25), (0.5, 0.15), (0.62, 0.3), (0.35, 0.8), (0.7, 0.8)]]))
-    panel(page, "translation").locator("textarea").fill("ninety-seven\nthe first of may")
+    two = [(0.3 + 0.2 * (1 - np.cos(a)), 0.3 - 0.15 * np.sin(a)) for a in np.linspace(0, 2.6, 12)]
+    two += [(0.3, 0.8), (0.72, 0.8)]
+    predict_and_wait(page, "digit_ocr", lambda: draw(page, "digit_ocr", [two]))
+    panel(page, "translation").locator("textarea").fill(
+        "June 16, 2003\nseven thousand, seven hundred and nineteen")
     predict_and_wait(page, "translation", lambda: panel(page, "translation")
                      .locator("button:has-text('Translate')").click())
+    panel(page, "gan_cgan").locator("select").select_option("7")
     predict_and_wait(page, "gan_cgan", lambda: panel(page, "gan_cgan")
                      .locator("button:has-text('Generate')").click())
     predict_and_wait(page, "fraud", lambda: panel(page, "fraud")
                      .locator("button:has-text('Score')").click())
-    photo = tmp_path / "scene.png"
-    Image.fromarray(np.random.default_rng(5).integers(0, 255, (120, 160, 3), np.uint8)).save(photo)
+    things = [shape_scenes.Thing("big", "red", "circle"), shape_scenes.Thing("small", "blue",
+                                                                              "square")]
+    scene = tmp_path / "scene.png"
+    Image.fromarray(shape_scenes.draw(things, [0, 2], np.random.default_rng(5))).resize(
+        (192, 192), Image.NEAREST).save(scene)
     predict_and_wait(page, "captioning", lambda: panel(page, "captioning")
-                     .locator("input[type=file]").set_input_files(photo))
+                     .locator("input[type=file]").set_input_files(scene))
+    predict_and_wait(page, "speech", lambda: panel(page, "speech")
+                     .locator("input[type=file]").set_input_files(a_recording(tmp_path)))
     errors = [text for text in page.locator(".panel .error").all_inner_texts() if text]
     assert not errors
     page.screenshot(path=screenshots / "page.png", full_page=True)

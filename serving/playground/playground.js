@@ -9,7 +9,7 @@
 // Every model output reaches the page as text (textContent), never as markup.
 "use strict";
 
-const PEN_WIDTH = 18; // sketch pixels: about two MNIST pixels once the digit is framed
+const PEN_WIDTH = 24; // sketch pixels: an MNIST stroke (2-3 pixels) once the digit is framed
 const STROKE_PAUSE_MS = 300; // the sketch is read when no stroke follows for this long
 const GENERATED_IMAGES = 8; // images a generator panel asks for by default
 const MAX_GENERATED_IMAGES = 32;
@@ -139,7 +139,7 @@ function readAsBase64(blob) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1));
-    reader.onerror = () => reject(new RequestError(`could not read ${blob.name || "the file"}`));
+    reader.onerror = () => reject(new Error(`could not read ${blob.name || "the file"}`));
     reader.readAsDataURL(blob);
   });
 }
@@ -197,8 +197,9 @@ class Panel {
 
   fail(failure) {
     this.answer.replaceChildren();
-    this.error.textContent = failure instanceof RequestError || failure instanceof TypeError
-      ? `Error ${failure.message}` : `Error: ${failure}`;
+    this.error.textContent = failure instanceof RequestError ? `Error ${failure.message}`
+      : failure instanceof TypeError ? `Error: the server did not answer (${failure.message})`
+        : `Error: ${failure.message ?? failure}`;
   }
 
   show(...nodes) {
@@ -337,6 +338,7 @@ function captionPanel(model, { signature, text }) {
   const input = signature.inputs[0].name;
   const preview = el("img", { class: "preview", alt: "", hidden: "" });
   async function caption(file) {
+    if (preview.src) URL.revokeObjectURL(preview.src);
     preview.src = URL.createObjectURL(file);
     preview.alt = `The image sent: ${file.name}`;
     preview.hidden = false;
@@ -363,6 +365,7 @@ function audioPanel(model, { signature }) {
   const input = signature.inputs[0].name;
   const player = el("audio", { controls: "", hidden: "" });
   async function classify(file) {
+    if (player.src) URL.revokeObjectURL(player.src);
     player.src = URL.createObjectURL(file);
     player.hidden = false;
     try {
@@ -388,7 +391,7 @@ function textPanel(model, { signature, text }) {
   async function translate() {
     const lines = box.value.split("\n").map((line) => line.trim()).filter(Boolean);
     if (!lines.length) {
-      panel.fail(new RequestError("nothing to send: write a sentence first"));
+      panel.fail(new Error("nothing to send: write a sentence first"));
       return;
     }
     const answer = await panel.send({ instances: lines.map((line) => ({ [input]: line })) });
@@ -524,7 +527,7 @@ function genericPanel(model, { signature }) {
     try {
       body = JSON.parse(box.value);
     } catch (failure) {
-      panel.fail(new RequestError(`the request is not JSON: ${failure.message}`));
+      panel.fail(new Error(`the request is not JSON: ${failure.message}`));
       return;
     }
     const answer = await panel.send(body);
