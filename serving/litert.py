@@ -46,6 +46,20 @@ class LiteRTModel:
         return SignatureRunner(self.interpreter.get_signature_runner(name))
 
 
+def open_signature(model: bytes | str | Path, name: str | None = None,
+                   threads: int = 1) -> "SignatureRunner":
+    """The signature `name` (else the model's first), ready to call. XNNPACK, LiteRT's default
+    CPU delegate, prepares a model on its first call and can fail there ("failed to create
+    XNNPACK runtime", met on an unrolled int8 LSTM); such a model runs on the builtin kernels."""
+    runner = LiteRTModel(model, threads=threads).signature(name)
+    try:
+        runner(**{input_name: np.ones(details["shape"], np.float32)
+                  for input_name, details in runner.input_details.items()})
+    except RuntimeError:
+        runner = LiteRTModel(model, threads=threads, xnnpack=False).signature(name)
+    return runner
+
+
 class SignatureRunner:
     """One signature, called with float arrays by input name; returns floats by output name."""
 
@@ -149,11 +163,12 @@ PREPROCESSORS = {"mnist_digits": read_digit_images, "wav_log_mel": read_spoken_d
                  None: read_arrays}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.litert",
-        description="Run a .tflite model on input files with LiteRT (no TensorFlow needed).",
-    )
+def main(argv=None, prog: str = "python -m serving.litert", preprocess: str | None = None,
+         description: str = "Run a .tflite model on input files with LiteRT (no TensorFlow "
+                            "needed).") -> None:
+    """The command line. `preprocess` (a key of PREPROCESSORS) decides how the input files are
+    read whatever litert.json says: a runner for one kind of model passes its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("model", type=Path, help="a .tflite file (a litert.json beside it helps)")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="image files for image models, WAV files for speech, else .npy arrays")
@@ -171,11 +186,12 @@ def main(argv=None) -> None:
         labels_path = args.model.parent / config.get("labels", "labels.txt")
         labels = labels_path.read_text().split("\n")[:-1] if labels_path.is_file() else []
         try:
-            model = LiteRTModel(args.model, threads=args.threads)
+            runner = open_signature(args.model, args.signature or config.get("signature"),
+                                    args.threads)
         except ValueError as error:
             raise DataError(f"{args.model}: not a LiteRT model ({error})") from None
-        runner = model.signature(args.signature or config.get("signature"))
-        for line in PREPROCESSORS[config.get("preprocess")](runner, config, args.inputs, labels):
+        read = PREPROCESSORS[preprocess or config.get("preprocess")]
+        for line in read(runner, config, args.inputs, labels):
             print(line)
     except (DataError, KeyError) as error:
         print(f"error: {str(error).strip(chr(39))}", file=sys.stderr)

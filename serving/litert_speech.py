@@ -10,34 +10,22 @@ several digits is cut at its pauses and each stretch read as one digit.
 `python -m serving.litert` does the same when the model's litert.json says `wav_log_mel`.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipelines import DataError, wav
-from serving.litert import LiteRTModel, SignatureRunner
+from pipelines import wav
+from serving import litert
+from serving.litert import SignatureRunner
 
 SIGNATURE = "classify"
 
 
 def open_signature(model: Path | bytes, threads: int = 1,
                    signature: str = SIGNATURE) -> SignatureRunner:
-    """The model's `classify` signature. XNNPACK, LiteRT's default CPU delegate, fails to
-    prepare the unrolled int8 LSTM ("failed to create XNNPACK runtime"); such a model runs on
-    the builtin kernels instead."""
-    try:
-        runner = LiteRTModel(model, threads=threads).signature(signature)
-        runner(**blank_inputs(runner))  # XNNPACK prepares on the first call
-    except RuntimeError:
-        runner = LiteRTModel(model, threads=threads, xnnpack=False).signature(signature)
-    return runner
-
-
-def blank_inputs(runner: SignatureRunner) -> dict[str, np.ndarray]:
-    return {name: np.ones(details["shape"], np.float32 if name == "features" else np.int32)
-            for name, details in runner.input_details.items()}
+    """The model's `classify` signature, on the builtin kernels where XNNPACK cannot prepare it
+    (the unrolled int8 LSTM)."""
+    return litert.open_signature(model, signature, threads)
 
 
 def classify(runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -75,29 +63,11 @@ def lines(runner: SignatureRunner, config: dict, files: list[Path], labels: list
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.litert_speech",
-        description="Read spoken digits from WAV files with a .tflite speech model"
-                    " (no TensorFlow).")
-    parser.add_argument("model", type=Path, help="speech_float32.tflite or speech_int8.tflite")
-    parser.add_argument("files", type=Path, nargs="+", metavar="WAV")
-    parser.add_argument("--threads", type=int, default=1, help="default: %(default)s")
-    args = parser.parse_args(argv)
-    try:
-        if not args.model.is_file():
-            raise DataError(f"{args.model}: no such file")
-        labels_path = args.model.parent / "labels.txt"
-        labels = (labels_path.read_text().split("\n")[:-1] if labels_path.is_file()
-                  else [str(digit) for digit in range(10)])
-        try:
-            runner = open_signature(args.model, args.threads)
-        except ValueError as error:
-            raise DataError(f"{args.model}: not a LiteRT model ({error})") from None
-        for line in lines(runner, {}, args.files, labels):
-            print(line)
-    except (DataError, KeyError) as error:
-        print(f"error: {str(error).strip(chr(39))}", file=sys.stderr)
-        sys.exit(2)
+    """`python -m serving.litert`'s command line, the inputs read as WAV files whether or not a
+    litert.json lies beside the model."""
+    litert.main(argv, prog="python -m serving.litert_speech", preprocess="wav_log_mel",
+                description="Read spoken digits from WAV files with a .tflite speech model (no "
+                            "TensorFlow).")
 
 
 if __name__ == "__main__":
