@@ -28,7 +28,7 @@ from PIL import Image
 from serving_process import Server, call
 
 from apps import captioning, fraud, gan, speech, translation
-from pipelines import audio, shape_scenes
+from pipelines import audio, shape_scenes, wav
 from serving import playground
 
 PAGE_BUDGET_BYTES = 100 * 1024  # all the page's files together, first load
@@ -46,8 +46,12 @@ def chromium_path() -> str | None:
         "chromium-browser")
 
 
+CHROMIUM_OPTIONS = ["--no-sandbox", "--disable-dev-shm-usage"]
+
+
 @pytest.fixture(scope="module")
-def browser():
+def driver():
+    """Playwright, driving Debian's Chromium: `driver.launch(*options)`."""
     missing = []
     try:
         from playwright.sync_api import sync_playwright
@@ -61,11 +65,19 @@ def browser():
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    with sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=executable,
-                                          args=["--no-sandbox", "--disable-dev-shm-usage"])
-        yield chromium
-        chromium.close()
+    with sync_playwright() as playwright:
+        def launch(*options):
+            return playwright.chromium.launch(executable_path=executable,
+                                              args=[*CHROMIUM_OPTIONS, *options])
+
+        yield launch
+
+
+@pytest.fixture(scope="module")
+def browser(driver):
+    chromium = driver()
+    yield chromium
+    chromium.close()
 
 
 def build_echo_model(version_dir: Path) -> None:
@@ -395,6 +407,35 @@ def test_a_wav_upload_is_heard_as_the_api_hears_it(page, server, tmp_path, scree
     expected = served(server, "speech", sent)["predictions"][0]
     assert panel(page, "speech").locator(".answer .value").inner_text() == str(expected["digit"])
     panel(page, "speech").screenshot(path=screenshots / "speech.png")
+
+
+def test_a_digit_said_into_the_microphone_is_heard_as_the_api_hears_it(driver, server, tmp_path):
+    """Chromium's fake microphone plays a recording padded with silence: the page records it,
+    cuts the silence, sends it as a WAV and shows what the model heard."""
+    spoken = wav.read_wav(a_recording(tmp_path))  # 8 kHz
+    played = np.concatenate([np.zeros(14_400), wav.resample(spoken, wav.SAMPLE_RATE, 48_000),
+                             np.zeros(48_000)])  # 0.3 s of silence, the digit, 1 s of silence
+    wav.write_wav(tmp_path / "microphone.wav", played, rate=48_000)
+    chromium = driver("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                      f"--use-file-for-fake-audio-capture={tmp_path / 'microphone.wav'}%noloop")
+    try:
+        page = chromium.new_context(permissions=["microphone"]).new_page()
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("body[data-ready=true]")
+        sent = predict_and_wait(page, "speech", lambda: panel(page, "speech")
+                                .locator("button:has-text('Record')").click())
+        heard = panel(page, "speech").locator(".answer .value").inner_text()
+    finally:
+        chromium.close()
+    recorded = wav.read_wav(base64.b64decode(sent["instances"][0]["audio"]["b64"]))
+    # The take is cut to the digit and a little quiet, and it is the digit that was played.
+    assert len(spoken) <= len(recorded) < len(spoken) + 0.2 * wav.SAMPLE_RATE
+    alignment = max(
+        np.dot(recorded[shift : shift + len(spoken)], spoken[: len(recorded) - shift])
+        / np.linalg.norm(recorded[shift : shift + len(spoken)]) / np.linalg.norm(spoken)
+        for shift in range(len(recorded) - len(spoken) + 1))
+    assert alignment > 0.9
+    assert heard == str(served(server, "speech", sent)["predictions"][0]["digit"])
 
 
 def test_two_lines_typed_get_two_translations(page, server, screenshots):

@@ -14,6 +14,10 @@ const STROKE_PAUSE_MS = 300; // the sketch is read when no stroke follows for th
 const GENERATED_IMAGES = 8; // images a generator panel asks for by default
 const MAX_GENERATED_IMAGES = 32;
 const NOISE_DECIMALS = 4; // keeps the curl command of a generator request short
+const RECORD_SECONDS = 1.5; // a microphone take: one spoken digit with room either side
+const QUIET_SHARE = 0.1; // windows quieter than this share of the loudest one's RMS are silence
+const WINDOW_SECONDS = 0.016; // the models' frame step
+const KEPT_QUIET_SECONDS = 0.05; // silence kept either side of the speech, as in FSDD's takes
 
 // ---------------------------------------------------------------------------------------------
 // The REST API
@@ -358,18 +362,18 @@ function captionPanel(model, { signature, text }) {
   return panel;
 }
 
-// A classifier of recordings: upload a WAV file.
+// A classifier of recordings: upload a WAV file, or say it into the microphone.
 function audioPanel(model, { signature }) {
-  const panel = new Panel(model, "Audio classifier: upload a WAV recording");
+  const panel = new Panel(model, "Audio classifier: record a spoken digit, or upload a WAV file");
   const labels = model.hints.labels || [];
   const input = signature.inputs[0].name;
   const player = el("audio", { controls: "", hidden: "" });
-  async function classify(file) {
+  async function classify(blob) {
     if (player.src) URL.revokeObjectURL(player.src);
-    player.src = URL.createObjectURL(file);
+    player.src = URL.createObjectURL(blob);
     player.hidden = false;
     try {
-      const answer = await panel.send({ instances: [{ [input]: { b64: await readAsBase64(file) } }] });
+      const answer = await panel.send({ instances: [{ [input]: { b64: await readAsBase64(blob) } }] });
       if (!answer) return;
       const [row] = predictionRows(answer, signature.outputs.map((t) => t.name));
       const heard = labels[row.digit] ?? String(row.digit);
@@ -379,8 +383,94 @@ function audioPanel(model, { signature }) {
       panel.fail(failure);
     }
   }
-  panel.controls.append(fileDrop(".wav,audio/wav,audio/x-wav", "a WAV file", classify), player);
+  const record = el("button", { type: "button", text: `Record ${RECORD_SECONDS} s` });
+  record.addEventListener("click", async () => {
+    record.disabled = true;
+    record.textContent = "Listening…";
+    try {
+      const { samples, rate } = await recordMicrophone(RECORD_SECONDS);
+      await classify(wavFile(trimSilence(samples, rate), rate));
+    } catch (failure) {
+      panel.fail(new Error(`the microphone: ${failure.message}`));
+    } finally {
+      record.disabled = false;
+      record.textContent = `Record ${RECORD_SECONDS} s`;
+    }
+  });
+  panel.controls.append(el("div", { class: "row" }, record),
+    fileDrop(".wav,audio/wav,audio/x-wav", "a WAV file", classify), player);
   return panel;
+}
+
+// Mono samples in [-1, 1] from the microphone at the browser's own rate (the served graph
+// resamples: the WAV file says its rate).
+async function recordMicrophone(seconds) {
+  if (!navigator.mediaDevices) {
+    throw new Error("not available here: browsers open it to https:// and localhost pages only");
+  }
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+  const context = new AudioContext();
+  try {
+    const source = context.createMediaStreamSource(stream);
+    const tap = context.createScriptProcessor(4096, 1, 1); // a copy of each block, main thread
+    const wanted = Math.round(seconds * context.sampleRate);
+    const samples = new Float32Array(wanted);
+    let filled = 0;
+    await new Promise((resolve) => {
+      tap.onaudioprocess = (event) => {
+        const block = event.inputBuffer.getChannelData(0).subarray(0, wanted - filled);
+        samples.set(block, filled);
+        filled += block.length;
+        if (filled >= wanted) resolve();
+      };
+      source.connect(tap);
+      tap.connect(context.destination); // a processor that reaches no output is never run
+    });
+    return { samples, rate: context.sampleRate };
+  } finally {
+    stream.getTracks().forEach((track) => track.stop());
+    context.close();
+  }
+}
+
+// The take from its first loud window to its last, with a little quiet either side.
+function trimSilence(samples, rate) {
+  const width = Math.round(WINDOW_SECONDS * rate);
+  const levels = [];
+  for (let start = 0; start + width <= samples.length; start += width) {
+    let power = 0;
+    for (let i = start; i < start + width; i++) power += samples[i] * samples[i];
+    levels.push(Math.sqrt(power / width));
+  }
+  const loudest = Math.max(...levels);
+  if (!(loudest > 0)) return samples;
+  const loud = levels.map((level) => level >= QUIET_SHARE * loudest);
+  const margin = Math.round(KEPT_QUIET_SECONDS * rate);
+  const first = Math.max(0, loud.indexOf(true) * width - margin);
+  const last = Math.min(samples.length, (loud.lastIndexOf(true) + 1) * width + margin);
+  return samples.subarray(first, last);
+}
+
+// A 16-bit PCM mono WAV file (what TensorFlow's decode_wav reads).
+function wavFile(samples, rate) {
+  const view = new DataView(new ArrayBuffer(44 + 2 * samples.length));
+  const text = (at, value) => [...value].forEach((c, i) => view.setUint8(at + i, c.charCodeAt(0)));
+  text(0, "RIFF");
+  view.setUint32(4, 36 + 2 * samples.length, true);
+  text(8, "WAVE");
+  text(12, "fmt ");
+  view.setUint32(16, 16, true); // the format chunk's size
+  view.setUint16(20, 1, true); // PCM
+  view.setUint16(22, 1, true); // one channel
+  view.setUint32(24, rate, true);
+  view.setUint32(28, 2 * rate, true); // bytes a second
+  view.setUint16(32, 2, true); // bytes a frame
+  view.setUint16(34, 16, true); // bits a sample
+  text(36, "data");
+  view.setUint32(40, 2 * samples.length, true);
+  samples.forEach((value, i) => view.setInt16(44 + 2 * i, Math.max(-1, Math.min(1, value)) * 32767, true));
+  return new Blob([view], { type: "audio/wav" });
 }
 
 // Strings in, strings out (a translator): one request line each.
