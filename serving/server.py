@@ -976,7 +976,8 @@ def positive_int(text: str) -> int:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m serving.server",
-        description="Serve the SavedModels under a folder with TensorFlow Serving's REST API.",
+        description="Serve the SavedModels under a folder with TensorFlow Serving's REST API, "
+                    "and a web page at / to try each of them in a browser.",
     )
     parser.add_argument("--model-base", type=Path, default=Path("saved_models"),
                         help="folder of <model>/<version>/ SavedModels (default: %(default)s)")

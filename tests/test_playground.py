@@ -114,7 +114,7 @@ TINY_MODELS = {
     "translation": (translation, ["--size", "600", "--units", "32", "--embedding-dim", "16",
                                   *TINY_EPOCH]),
     "captioning": (captioning, ["--scenes", "300", "--units", "32", *TINY_EPOCH]),
-    "speech": (speech, ["--quick", *TINY_EPOCH]),
+    "speech": (speech, ["--units", "16", "--layers", "1", *TINY_EPOCH]),
 }
 PANEL_KINDS = {"captioning": "caption", "digit_ocr": "sketch", "fraud": "form",
                "gan_cgan": "generator", "speech": "audio", "translation": "text", "echo": "text",

@@ -533,8 +533,9 @@ function generatorPanel(model, { signature }) {
   }
   panel.controls.append(
     el("div", { class: "row" },
-      ...(label ? labelled("Class", classChoice) : []),
-      ...labelled("Seed", seed), ...labelled("Images", count)),
+      label ? el("span", { class: "pair" }, ...labelled("Class", classChoice)) : null,
+      el("span", { class: "pair" }, ...labelled("Seed", seed)),
+      el("span", { class: "pair" }, ...labelled("Images", count))),
     el("div", { class: "row" }, el("button", { type: "button", text: "Generate", onclick: generate })));
   return panel;
 }
