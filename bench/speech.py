@@ -4,6 +4,7 @@ strings read by `predict`.
 
     python -m bench.speech                       # everything (about 40 CPU-minutes on 2 cores)
     python -m bench.speech --folds 2 --no-dsn    # the first two speaker folds, no DSN
+    python -m bench.speech --frontend conv       # the LSTM behind convolutions (a CRNN)
 
 1. Official split (takes 0-4 of every speaker test, 300 recordings): test accuracy, training wall
    and CPU time of `train --model lstm` and `train --model dsn`. Targets: LSTM >= 99.0%, DSN >= 97%.
@@ -122,6 +123,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--folds", type=int, default=6, help="speakers held out in turn (<= 6)")
     parser.add_argument("--fold-epochs", type=int, default=speech.EPOCHS,
                         help="LSTM epochs per speaker fold (default: %(default)s)")
+    parser.add_argument("--frontend", choices=speech.FRONTENDS, default=speech.DEFAULT_FRONTEND,
+                        help="the LSTM's front end, official split and folds (default:"
+                             " %(default)s)")
+    parser.add_argument("--warp", action="store_true",
+                        help="the LSTM trained with vocal tract length perturbation too")
     parser.add_argument("--no-dsn", action="store_true", help="skip the DSN")
     parser.add_argument("--workdir", type=Path,
                         help="keep the runs here, and reuse the finished ones found there"
@@ -133,14 +139,15 @@ def main(argv=None) -> dict:
         raise SystemExit(f"no FSDD in {FSDD}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-speech-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    lstm_options = {"frontend": args.frontend, "warp": args.warp}
     speakers = sorted({path.stem.split("_")[1] for path in FSDD.glob("recordings/*.wav")})
     folds = [train_one(workdir, f"lstm-without-{speaker}", holdout=speaker,
-                       epochs=args.fold_epochs) | {"held out": speaker}
+                       epochs=args.fold_epochs, **lstm_options) | {"held out": speaker}
              for speaker in speakers[: args.folds]]
     if args.folds_only:
         runner.print_table(folds)
         return {"folds": folds}
-    rows = [train_one(workdir, "lstm")]
+    rows = [train_one(workdir, "lstm", **lstm_options)]
     if not args.no_dsn:
         rows.append(train_one(workdir, "dsn", model="dsn"))
     print()

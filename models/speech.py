@@ -16,9 +16,18 @@ transformers (Graves et al., 2013):
     frames -> [bidirectional LSTM or GRU] x layers -> attention pooling -> softmax over 10 digits
               [B, 61, 40] -> [B, 61, 2 units]       -> [B, 2 units]      -> [B, 10]
 
-The padding is masked everywhere: the backward layers start from each recording's last frame (the
-forward ones meet the padding only after the recording), and attention (Bahdanau-style scores, a
-softmax over the frames of the recording only) does not look at it.
+optionally behind a small convolutional front end (`frontend="conv"`, a CRNN as in Amodei et
+al., 2016 and Cakir et al., 2017): CONV_FILTERS blocks of 3 x 3 convolutions over [frames, mels],
+batch norm and ReLU, each followed by a max-pool along the mel axis only, so the frames (and their
+mask) stay as they are while each frame's 40 bands become 10 x 32 local patterns that shift a
+little with the pitch and formants of a voice:
+
+    [B, 61, 40, 1] -> [B, 61, 20, 16] -> [B, 61, 10, 32] -> [B, 61, 320] -> the recurrent layers
+
+The padding is masked everywhere: the convolutions see zeros there (the normalisation zeroes it,
+and each block's output is masked again), the backward layers start from each recording's last
+frame (the forward ones meet the padding only after the recording), and attention
+(Bahdanau-style scores, a softmax over the frames of the recording only) does not look at it.
 
 The deep stacking network (`build_dsn_classifier`) was made for speech (Deng & Yu, 2011: frame
 windows of phone recognition). A whole digit is one window here: its frames are averaged around
@@ -36,11 +45,16 @@ from layers.dsn import DeepStackingNetwork
 from pipelines.wav import NUM_FRAMES, NUM_MELS
 
 NUM_CLASSES = 10
+FRONTENDS = ("none", "conv")
+# The convolutional front end: one block per entry (its 3 x 3 filters), each halving the mel axis.
+CONV_FILTERS = (16, 32)
+CONV_KERNEL = 3
 SEGMENTS = 16  # DSN: points along a recording at which its frames are averaged
 # DSN outputs are regressions onto one-hot targets (about 0 or 1), not log-probabilities: a
 # softmax of them divided by this temperature gives probabilities a confidence can be read from.
 DSN_TEMPERATURE = 0.1
 EPSILON = 1e-3
+WEIGHT_FLOOR = 1e-7  # attention: the least total weight the recording's frames are divided by
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -118,8 +132,12 @@ class AttentionPooling(layers.Layer):
 
     def call(self, sequence, frames_mask):
         scores = self.score(self.project(sequence))[..., 0]  # [B, T]
-        scores = ops.where(frames_mask > 0.5, scores, -1e9)
-        weights = ops.softmax(scores, axis=-1)
+        # A softmax over all the frames, the padding's weights zeroed and the rest rescaled to
+        # sum to one: the softmax over the recording's frames, exactly. Not the usual -1e9 score
+        # for the padding: full-int8 TFLite quantises the scores with one scale, and with -1e9 in
+        # its range every real score rounds to 0 (attention there became a plain mean).
+        weights = ops.softmax(scores, axis=-1) * frames_mask  # [B, T]
+        weights = weights / ops.maximum(ops.sum(weights, axis=-1, keepdims=True), WEIGHT_FLOOR)
         return ops.einsum("bt,btd->bd", weights, sequence)
 
     def compute_output_shape(self, sequence_shape, frames_mask_shape=None):
@@ -167,20 +185,43 @@ def model_inputs() -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTen
     return features, frames, mask
 
 
+def conv_frontend(x, mask, filters=CONV_FILTERS):
+    """[B, T, M] normalised frames (zero padding) -> [B, T, M / 2^blocks * filters[-1]]: 3 x 3
+    convolutions over time and mel, batch norm, ReLU and a max-pool over pairs of mel bands per
+    block. Each block's output is masked, so the next one (and the recurrent layers) meets zeros
+    past the recording's last frame whatever the padding held, as at its first frame. Batch norm
+    is synchronised across replicas (MirroredStrategy trains as one device does) and folds into
+    the convolution when exported."""
+    frame_mask = mask[:, :, None, None]  # [B, T, 1, 1]
+    x = x[..., None]  # [B, T, M, 1]
+    for k, width in enumerate(filters):
+        x = layers.Conv2D(width, CONV_KERNEL, padding="same", use_bias=False,
+                          name=f"conv_{k + 1}")(x)  # [B, T, M', width]
+        x = layers.BatchNormalization(synchronized=True, name=f"conv_{k + 1}_norm")(x)
+        x = layers.ReLU(name=f"conv_{k + 1}_relu")(x)
+        x = layers.MaxPooling2D((1, 2), name=f"conv_{k + 1}_pool")(x) * frame_mask  # M' / 2
+    return layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]), name="conv_frames")(x)
+
+
 def build_rnn_classifier(cell: str = "lstm", units: int = 64, num_layers: int = 2,
                          attention_units: int = 64, dropout: float = 0.3,
-                         unroll: bool = False) -> keras.Model:
-    """Stacked bidirectional LSTM (or GRU) over the frames, attention pooling, softmax.
-    `unroll`: the recurrence written out step by step, for TFLite (see apps.speech.export)."""
+                         unroll: bool = False, frontend: str = "none") -> keras.Model:
+    """Stacked bidirectional LSTM (or GRU) over the frames, attention pooling, softmax;
+    `frontend="conv"` puts `conv_frontend` before the recurrent layers (a CRNN). `unroll`: the
+    recurrence written out step by step, for TFLite (see apps.speech.export)."""
+    if frontend not in FRONTENDS:
+        raise ValueError(f"frontend {frontend!r}: choose from {', '.join(FRONTENDS)}")
     features, frames, mask = model_inputs()
     x = UtteranceNormalization(name="normalize")(features, mask)  # [B, T, M]
+    if frontend == "conv":
+        x = conv_frontend(x, mask)  # [B, T, 320]
     for k in range(num_layers):
         x = BidirectionalOverFrames(cell, units, unroll, name=f"bi{cell}_{k + 1}")(x, frames)
         x = layers.Dropout(dropout)(x)  # [B, T, 2 units]
     pooled = AttentionPooling(attention_units, name="attention")(x, mask)  # [B, 2 units]
     probabilities = layers.Dense(NUM_CLASSES, activation="softmax", name="digit")(pooled)
-    return keras.Model({"features": features, "frames": frames}, probabilities,
-                       name=f"bi{cell}_attention")
+    name = f"bi{cell}_attention" if frontend == "none" else f"{frontend}_bi{cell}_attention"
+    return keras.Model({"features": features, "frames": frames}, probabilities, name=name)
 
 
 def build_dsn_frontend(segments: int = SEGMENTS) -> keras.Model:

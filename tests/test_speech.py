@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -287,3 +288,48 @@ def test_the_litert_runner_reads_a_digit_string_without_tensorflow(exported, sub
     assert completed.stderr == ""
     text = completed.stdout.split(": ")[1].split()[0]
     assert len(text) == 4 and text.isdigit()
+
+
+# --- the convolutional front end (CRNN) ----------------------------------------------------------
+
+
+def test_the_conv_frontend_trains_ignores_the_padding_and_exports(subset, tmp_path):
+    """`--frontend conv`: one training step moves its weights; whatever the padding frames hold
+    (and however the recurrence runs, unrolled or not) the probabilities stay the same; float32
+    and int8 .tflite with builtin ops only read the test recordings as Keras does."""
+    from serving import export as export_lib
+    from serving import litert_speech
+
+    config = speech.TrainConfig(**TINY, frontend="conv")
+    keras.utils.set_random_seed(3)
+    model = speech.compile_model(speech.build_model(config), 10)
+    inputs, labels = next(iter(audio.batches(subset.train, 16, shuffle=True, augment_data=True)))
+    before = [w.copy() for w in model.get_weights()]
+    model.train_on_batch(inputs, labels)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights())
+               if a.ndim == 4)  # both convolutions learned
+
+    test = audio.arrays(subset.test.subset(range(24)))
+    frames = test["frames"]
+    assert frames.min() < wav.NUM_FRAMES  # some padding to change
+    noisy = test["features"].copy()
+    padding = np.arange(wav.NUM_FRAMES)[None] >= frames[:, None]
+    noisy[padding] = np.random.default_rng(0).normal(0, 10, (padding.sum(), wav.NUM_MELS))
+    clean = model.predict(test, verbose=0)
+    np.testing.assert_allclose(model.predict({"features": noisy, "frames": frames}, verbose=0),
+                               clean, atol=1e-5)
+
+    run = {"model": "lstm", "cell": "lstm", "units": TINY["units"], "layers": TINY["layers"],
+           "frontend": "conv"}
+    speech.tflite_archive(model, run).write_out(str(tmp_path / "lite"), verbose=False)
+    calibration = audio.arrays(subset.train.subset(range(0, len(subset.train), 9)))
+    samples = [{name: values[i : i + 1] for name, values in calibration.items()}
+               for i in range(len(calibration["frames"]))]
+    for variant in ("float32", "int8"):
+        with warnings.catch_warnings():  # the int8 calibration's (deprecated) TF interpreter
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            flatbuffer = export_lib.convert_to_tflite(tmp_path / "lite", speech.TFLITE_SIGNATURE,
+                                                      variant, samples)
+        lite = litert_speech.classify(litert_speech.open_signature(flatbuffer), test)
+        # int8: within a few quantisation steps (1/256) of Keras
+        np.testing.assert_allclose(lite, clean, atol=1e-4 if variant == "float32" else 0.03)
