@@ -37,7 +37,7 @@ serve: $(INSTALLED)  ## TF-Serving-compatible REST API on 127.0.0.1:8501 over sa
 
 screenshots: $(INSTALLED)  ## the README's pictures of the web page, over `make demo`'s models (run it first)
 	PLAYGROUND_MODEL_BASE=saved_models PLAYGROUND_SCREENSHOTS=docs/playground \
-		$(PYTHON) -m pytest tests/test_playground.py -k "every_panel_used or phone" -p no:cacheprovider
+		$(PYTHON) -m pytest tests/test_playground.py -k "every_panel_used or fits_a_phone" -p no:cacheprovider
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
