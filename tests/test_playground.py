@@ -301,6 +301,35 @@ def test_a_vertical_stroke_is_read_as_a_1(page, screenshots):
     panel(page, "digit_ocr").screenshot(path=screenshots / "digit_ocr.png")
 
 
+def test_a_finger_draws_on_the_sketch_without_scrolling_the_page(browser, server):
+    """Touch strokes (as a phone sends them) draw: a vertical swipe on the sketch is a 1, and
+    the page under it does not scroll."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True)
+    phone = context.new_page()
+    phone.goto(f"{server.url}/")
+    phone.wait_for_selector("body[data-ready=true]")
+    canvas = panel(phone, "digit_ocr").locator("canvas")
+    canvas.scroll_into_view_if_needed()
+    box, scrolled = canvas.bounding_box(), phone.evaluate("window.scrollY")
+    touch = context.new_cdp_session(phone)
+    x = box["x"] + box["width"] / 2
+    points = [box["y"] + box["height"] * (0.15 + 0.05 * i) for i in range(15)]
+
+    def swipe():
+        touch.send("Input.dispatchTouchEvent", {"type": "touchStart",
+                                                "touchPoints": [{"x": x, "y": points[0]}]})
+        for y in points[1:]:
+            touch.send("Input.dispatchTouchEvent", {"type": "touchMove",
+                                                    "touchPoints": [{"x": x, "y": y}]})
+        touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+    predict_and_wait(phone, "digit_ocr", swipe)
+    assert read_digit(phone) == "1"
+    assert phone.evaluate("window.scrollY") == scrolled
+    context.close()
+
+
 def traced(frame: np.ndarray, ink: float = 128) -> list[list[tuple[float, float]]]:
     """A [28, 28] digit as strokes: one along each row's run of ink, as a pen would fill it."""
     strokes = []
