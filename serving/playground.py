@@ -75,8 +75,10 @@ def add_routes(app, registry) -> None:
     async def index():
         return page_file("index.html")
 
+    # A plain function: FastAPI runs it in a worker thread, so that reading each version's hints
+    # from disk does not hold up the event loop, where every other request waits its turn.
     @app.get("/playground/models.json", include_in_schema=False)
-    async def served_models():
+    def served_models():
         models = [{"name": name, "version": servable.version,
                    "hints": read_hints(registry.base / name / str(servable.version))}
                   for name, servable in registry.latest().items()]
