@@ -32,9 +32,11 @@ takes encoded image bytes and returns the caption, and `.tflite` files with an `
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,7 @@ from apps import runner
 from apps.runner import UsageError
 from models import photo_captioner as photo
 from models import photo_training
+from models import self_critical as critic
 from models.captioner import (
     ALPHA,
     BEAM_WIDTH,
@@ -87,6 +90,7 @@ SEED = 42
 MODEL_BASE = Path("saved_models")
 # --encoder mobilenet_v2 on photos: the defaults of the options left as they are; a batch is 32
 # photos, each with all of its (5) captions.
+SELF_CRITICAL_EPOCHS = 3  # `self-critical`'s default
 PHOTO = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "units": 512,
          "embedding_dim": 256, "image_size": 224}
 SCENE = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
@@ -120,6 +124,8 @@ class TrainConfig(runner.TrainingConfig):
     backbone_weights: str | None = None
     encoder_alpha: float | None = None
     min_count: int = region_grids.MIN_COUNT
+    self_critical_epochs: int = 0  # photos: self-critical training after cross-entropy
+    self_critical_learning_rate: float = critic.LEARNING_RATE
     evaluate_after: bool = True
 
     def __post_init__(self):
@@ -294,15 +300,14 @@ def train(config: TrainConfig | None = None) -> dict:
 
 def train_photos(config: TrainConfig) -> dict:
     """--encoder mobilenet_v2: the photos' grids cached once, the decoder trained on them, the
-    best epoch by validation BLEU-4, the beam width and length penalty chosen on validation
+    best epoch by validation BLEU-4, then `--self-critical-epochs` of self-critical training
+    (`self_critical`), the beam width and length penalty chosen on validation
     (decoding.json), then the test figures."""
     transformer = config.decoder == "transformer"
     run = runner.TrainingRun(APP, config, default_run_dir(
         config.data, f"{PHOTO_ENCODER}-transformer" if transformer else PHOTO_ENCODER))
     dataset = load_data(config.data)
-    text = region_grids.photo_captions({"train": dataset.train.references,
-                                        "validation": dataset.validation.references},
-                                       config.min_count)
+    text = photo_texts(dataset, config.min_count)
     settings = {"alpha": config.encoder_alpha, "captions_per_photo": text.per_photo,
                 "caption_length": text.length + 1, "image_size": config.image_size,
                 "embedding_dim": config.embedding_dim, "units": config.units}
@@ -314,12 +319,7 @@ def train_photos(config: TrainConfig) -> dict:
     with run.strategy.scope():
         photo_model, grid_model = photo.build_photo_models(text.tokenizer.size, **settings,
                                                            weights=config.backbone_weights)
-    weights = config.backbone_weights
-    cache = region_grids.RegionCache(
-        run.path / "region_grids", tf.function(photo_model.get_layer("encoder").grid),
-        {"backbone": PHOTO_ENCODER, "alpha": config.encoder_alpha,
-         "weights": weights if weights == "imagenet" else region_grids.file_digest(weights)},
-        config.image_size)
+    cache = photo_grid_cache(run.path, photo_model, config)
     grids = region_grids.cached_grids(cache, {"train": dataset.train.images,
                                               "validation": dataset.validation.images}, run.path)
 
@@ -346,22 +346,123 @@ def train_photos(config: TrainConfig) -> dict:
                     validation_data=region_grids.grid_batches(
                         grids["validation"], text.blocks["validation"], run.global_batch),
                     callbacks=[selection])
-    best = load_captioner(run.path)
-    decoding = photo_training.choose_decoding(
-        photo.GridCaptioner(best.model, text.tokenizer, text.length + 1), grids["validation"],
-        validation)
-    runner.write_json(run.path / "decoding.json", decoding)
     metrics = {"training_seconds": run.training_seconds, "epochs": config.epochs,
                "steps": steps, "train_images": len(dataset.train),
-               "best_val_bleu4": selection.best, **decoding}
+               "best_val_bleu4": selection.best}
+    if config.self_critical_epochs:
+        metrics.update(self_critical_phase(run.path, config, text, grids, photo_model,
+                                           grid_model, run.strategy))
+    metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"]))
+    return run.finish(metrics)
+
+
+def photo_texts(dataset: caption_data.CaptionData, min_count: int
+                ) -> region_grids.PhotoCaptions:
+    return region_grids.photo_captions({"train": dataset.train.references,
+                                        "validation": dataset.validation.references}, min_count)
+
+
+def photo_grid_cache(run_dir: Path, photo_model: keras.Model, config: TrainConfig
+                     ) -> region_grids.RegionCache:
+    """The run's grid cache, keyed by what makes a grid: encoder, alpha, weights, size."""
+    weights = config.backbone_weights
+    return region_grids.RegionCache(
+        run_dir / "region_grids", tf.function(photo_model.get_layer("encoder").grid),
+        {"backbone": PHOTO_ENCODER, "alpha": config.encoder_alpha,
+         "weights": weights if weights == "imagenet" else region_grids.file_digest(weights)},
+        config.image_size)
+
+
+def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.PhotoCaptions,
+                        grids: dict, photo_model: keras.Model, grid_model: keras.Model,
+                        strategy) -> dict:
+    """`config.self_critical_epochs` of self-critical training (`models.self_critical`) from the
+    run's best.keras, in `<run>/self_critical` (its history.csv and backup: a kill resumes
+    exactly with the `self-critical` command). best.keras is replaced only by an epoch whose
+    validation BLEU-4 beats every epoch before, cross-entropy's included."""
+    folder = Path(run_dir) / "self_critical"
+    resumed = runner.start_run(folder)
+    best = max((b for b in (runner.best_so_far(run_dir, "val_bleu4"),
+                            runner.best_so_far(folder, "val_bleu4") if resumed else None)
+                if b is not None), default=None)
+    with strategy.scope():
+        photo_model.load_weights(Path(run_dir) / "best.keras")
+        trainer = critic.self_critical_trainer(
+            grid_model, photo_model, text.blocks["train"],
+            runner.scaled_learning_rate(config.self_critical_learning_rate, strategy),
+            config.seed)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:
+        return region_grids.grid_batches(grids["train"], text.blocks["train"], global_batch,
+                                         shuffle=True, seed=config.seed + 1000 + epoch)
+
+    selection = photo_training.ValidationBLEU(
+        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
+        grids["validation"], text.references["validation"], Path(run_dir) / "best.keras",
+        best=best)
+    started = time.perf_counter()
+    runner.fit(trainer, epoch_batches, config.self_critical_epochs, folder,
+               steps_per_epoch=int(epoch_batches(0).cardinality()),
+               callbacks=[selection, keras.callbacks.CSVLogger(str(folder / "history.csv"),
+                                                               append=True)],
+               backup_every=config.backup_every, verbose=config.verbose)
+    return {"self_critical_epochs": config.self_critical_epochs,
+            "self_critical_seconds": round(time.perf_counter() - started, 1),
+            "best_val_bleu4": selection.best}
+
+
+def choose_and_evaluate(run_dir: Path, config: TrainConfig, dataset: caption_data.CaptionData,
+                        text: region_grids.PhotoCaptions, validation_grids) -> dict:
+    """The run's best.keras: beam width and length penalty chosen on validation
+    (decoding.json), then, unless `evaluate_after` is off, the test figures."""
+    best = load_captioner(run_dir)
+    decoding = photo_training.choose_decoding(
+        photo.GridCaptioner(best.model, text.tokenizer, text.length + 1), validation_grids,
+        text.references["validation"])
+    runner.write_json(Path(run_dir) / "decoding.json", decoding)
+    metrics = dict(decoding)
     if config.evaluate_after:
-        metrics.update(photo_metrics(best, dataset, run.path, decoding["beam_width"],
+        metrics.update(photo_metrics(best, dataset, run_dir, decoding["beam_width"],
                                      decoding["alpha"]))
         print(f"{APP} ({PHOTO_ENCODER} {config.encoder_alpha}, {config.decoder}) on"
               f" {dataset.name}: test"
               " BLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
-              + f" ({metrics['test_images']} photos), run directory {run.path}")
-    return run.finish(metrics)
+              + f" ({metrics['test_images']} photos), run directory {run_dir}")
+    return metrics
+
+
+def self_critical(run_dir: Path | None = None, epochs: int = SELF_CRITICAL_EPOCHS,
+                  learning_rate: float | None = None, evaluate_after: bool = True) -> dict:
+    """The `self-critical` command: more self-critical epochs on a trained photo run, in place
+    (a killed one resumes from its backup), then decoding chosen and the test figures again."""
+    run = find_run(run_dir)
+    stored = run.config()
+    if stored.get("backbone") != PHOTO_ENCODER:
+        raise UsageError(f"{run.path}: self-critical training is for photo runs (--encoder"
+                         f" {PHOTO_ENCODER})")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in stored.items() if k in names}
+                         | {"self_critical_epochs": epochs, "evaluate_after": evaluate_after,
+                            "run_dir": run.path}
+                         | ({"self_critical_learning_rate": learning_rate}
+                            if learning_rate else {}))
+    strategy = runner.choose_strategy(config.strategy)
+    dataset = load_data(config.data)
+    text = photo_texts(dataset, config.min_count)
+    with strategy.scope():
+        photo_model, grid_model = photo.build_photo_models(text.tokenizer.size,
+                                                           **stored["photo_settings"])
+    grids = region_grids.cached_grids(photo_grid_cache(run.path, photo_model, config),
+                                      {"train": dataset.train.images,
+                                       "validation": dataset.validation.images}, run.path)
+    earlier = run.path / "metrics.json"
+    metrics = {**(json.loads(earlier.read_text()) if earlier.is_file() else {}),
+               **self_critical_phase(run.path, config, text, grids,
+                                                      photo_model, grid_model, strategy)}
+    metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"]))
+    run.write_metrics(metrics)
+    return metrics
 
 
 def photo_metrics(captioner: Captioner, dataset: caption_data.CaptionData, run_dir: Path,
@@ -723,6 +824,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="peak Adam learning rate for one replica's batch; N"
                                    " replicas train at N times it"
                                    f" ({scenes_and_photos('learning_rate')})")
+    train_parser.add_argument("--self-critical-epochs", type=int, default=0, metavar="N",
+                              help="photos: then N epochs of self-critical training on the"
+                                   " captions' CIDEr-D (default: %(default)s)")
+    train_parser.add_argument("--self-critical-learning-rate", type=float,
+                              default=critic.LEARNING_RATE, metavar="RATE",
+                              help="Adam's rate for them (default: %(default)s)")
     runner.add_training_options(train_parser, None, None, scenes_and_photos("epochs"),
                                 scenes_and_photos("batch_size"))
     runner.add_quick_option(train_parser, QUICK)
@@ -732,6 +839,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     caption_parser = with_search(with_run_dir(commands.add_parser(
         "caption", help="one caption per image file")))
     caption_parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    critic_parser = with_run_dir(commands.add_parser(
+        "self-critical", help="photo runs: self-critical training of the best model on its"
+                              " own sampled captions (reward CIDEr-D), then evaluate"))
+    critic_parser.add_argument("--epochs", type=int, default=SELF_CRITICAL_EPOCHS,
+                               help="default: %(default)s")
+    critic_parser.add_argument("--learning-rate", type=float, default=critic.LEARNING_RATE,
+                               help="Adam (default: %(default)s)")
     export_parser = with_run_dir(commands.add_parser("export", help="SavedModel version"))
     export_parser.add_argument("--model-base", type=Path, default=MODEL_BASE,
                                help="default: %(default)s")
@@ -749,6 +863,8 @@ def main(argv=None) -> None:
     run_dir = run.path
     if args.command == "evaluate":
         evaluate(run_dir, args.beam_width, args.alpha)
+    elif args.command == "self-critical":
+        self_critical(run_dir, args.epochs, args.learning_rate)
     elif args.command == "caption":
         for path, text in zip(args.images, caption(args.images, run_dir, args.beam_width,
                                                    args.alpha)):

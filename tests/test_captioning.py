@@ -5,6 +5,7 @@ the SavedModel captions a real PNG file's bytes, the command line and bad input.
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -518,6 +519,34 @@ def test_photo_run_picks_epoch_by_bleu_and_beam_on_validation_and_has_the_baseli
     assert "." not in metrics["most_frequent_caption"]  # scored without punctuation
     with Image.open(run_dir / "attention.png") as sheet:
         assert sheet.size[0] > 400
+
+
+def test_self_critical_command_continues_a_photo_run_and_keeps_the_best_epoch(
+        photo_run, tmp_path, capsys):
+    folder, run_dir, _ = photo_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = (copy / "best.keras").read_bytes()
+    captioning.main(["self-critical", "--run-dir", str(copy), "--epochs", "2",
+                     "--learning-rate", "1e-3"])
+    history = runner.read_history(copy / "self_critical")
+    assert len(history["reward"]) == 2 and all(r >= 0 for r in history["reward"])
+    metrics = json.loads((copy / "metrics.json").read_text())
+    cross_entropy = runner.read_history(copy)["val_bleu4"]
+    assert metrics["self_critical_epochs"] == 2
+    assert metrics["best_val_bleu4"] == max(cross_entropy + history["val_bleu4"])
+    # best.keras moved on only if a self-critical epoch beat cross-entropy's best on validation
+    replaced = (copy / "best.keras").read_bytes() != before
+    assert replaced == (max(history["val_bleu4"]) > max(cross_entropy))
+    assert not (copy / "self_critical" / "backup").exists()  # finished: no backup left
+    assert "test BLEU-1..4" in capsys.readouterr().out
+
+
+def test_self_critical_on_a_scene_run_is_a_usage_error(trained, capsys):
+    with pytest.raises(SystemExit) as stop:
+        runner.run_cli(captioning.main, ["self-critical", "--run-dir", str(trained[0])])
+    assert stop.value.code == 2
+    assert "photo runs" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # about 40 s: the SavedModel and three .tflite conversions (one int8)
