@@ -32,13 +32,13 @@ def test_cider_d_equals_coco_captions_scorer():
 def test_rewards_read_ids_up_to_the_end_token():
     text = region_grids.photo_captions({"train": REFERENCES, "validation": REFERENCES}, 1)
     blocks = text.blocks["train"]  # [photos, K, L + 2]: [start] words [end] 0...
-    scorer = critic.CiderD([[critic.words(r[1:]) for r in photo] for photo in blocks])
+    scorer = critic.CiderD([[critic.words(r[1:]) for r in refs] for refs in blocks])
     # Each photo's first reference as a "sample", then garbage after its end token (ignored).
     sampled = np.pad(blocks[:, 0, 1:], ((0, 0), (0, 1)), constant_values=text_pairs.END + 3)
     rewards = scorer.rewards(sampled, blocks[:, :, 1:])
-    for photo, reward in enumerate(rewards):
-        expected = scorer.score(critic.words(blocks[photo, 0, 1:]),
-                                [critic.words(r[1:]) for r in blocks[photo]])
+    for row, reward in enumerate(rewards):
+        expected = scorer.score(critic.words(blocks[row, 0, 1:]),
+                                [critic.words(r[1:]) for r in blocks[row]])
         assert reward == pytest.approx(expected, rel=1e-6)
     wrong = scorer.rewards(np.roll(sampled, 1, axis=0), blocks[:, :, 1:])
     assert np.all(rewards > wrong + 1.0)
