@@ -428,7 +428,8 @@ def choose_and_evaluate(run_dir: Path, config: TrainConfig, dataset: caption_dat
         print(f"{APP} ({PHOTO_ENCODER} {config.encoder_alpha}, {config.decoder}) on"
               f" {dataset.name}: test"
               " BLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
-              + f" ({metrics['test_images']} photos), run directory {run_dir}")
+              + f", CIDEr-D {100 * metrics['cider_d']:.1f} ({metrics['test_images']} photos),"
+              f" run directory {run_dir}")
     return metrics
 
 
@@ -565,7 +566,9 @@ def evaluate(run_dir: Path | None = None, beam_width: int | None = None,
                                                               beam_width, alpha)
     runner.print_table([{"caption": e["caption"], "first reference": e["references"][0]}
                         for e in metrics["examples"]])
-    untrained = (f"; untrained copy BLEU-4 {metrics['untrained_bleu4']:.1f}" if photos else "")
+    untrained = (f"; untrained copy BLEU-4 {metrics['untrained_bleu4']:.1f}; CIDEr-D"
+                 f" {100 * metrics['cider_d']:.1f} (most frequent caption"
+                 f" {100 * metrics['most_frequent_cider_d']:.1f})" if photos else "")
     print("\nBLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
           + f" on {metrics['test_images']} held-out images of {dataset.name} (beam {beam_width},"
           f" length penalty {alpha:g}); most frequent caption BLEU-4"

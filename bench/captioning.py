@@ -99,7 +99,9 @@ def train_photos(data: str, weights: str, run_dir: Path, **options) -> dict:
     cpu = cpu_seconds()
     figures = captioning.evaluate(run_dir)
     return {"decoder": config.decoder, "alpha": config.encoder_alpha, "epochs": config.epochs,
+            "self-critical epochs": config.self_critical_epochs,
             **{f"BLEU-{n}": round(figures[f"bleu{n}"], 1) for n in range(1, 5)},
+            "CIDEr-D": round(100 * figures["cider_d"], 1),
             "most frequent BLEU-1/4": f"{figures['most_frequent_bleu1']:.1f} /"
                                       f" {figures['most_frequent_bleu4']:.1f}",
             "untrained BLEU-1/4": f"{figures['untrained_bleu1']:.1f} /"
@@ -160,8 +162,9 @@ def flickr8k(args) -> dict:
             name += "" if decoder == "attention" else f"-{decoder}"
             run_dir = workdir / name
             if "train" in args.stages:
-                options = {"decoder": decoder, **({"epochs": args.epochs} if args.epochs
-                                                   else {})}
+                options = {"decoder": decoder,
+                           "self_critical_epochs": args.self_critical_epochs,
+                           **({"epochs": args.epochs} if args.epochs else {})}
                 rows.append(train_photos(args.flickr8k, weights, run_dir, **options))
                 print(json.dumps(rows[-1]), flush=True)
             if "lite" in args.stages:
@@ -197,6 +200,9 @@ def main(argv=None) -> dict:
                         help="MobileNetV2 no-top .weights.h5 files, one run each")
     parser.add_argument("--workdir", default="runs/bench/captioning",
                         help="Flickr8k runs and exports (default: %(default)s)")
+    parser.add_argument("--self-critical-epochs", type=int, default=0, metavar="N",
+                        help="photos: self-critical epochs after cross-entropy (default:"
+                             " %(default)s)")
     parser.add_argument("--stages", nargs="+", choices=("train", "lite"),
                         default=["train", "lite"])
     args = parser.parse_args(argv)

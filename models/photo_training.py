@@ -5,7 +5,8 @@ test figures beside two baselines, and the sheet of photos with their attention 
 Captions are scored as coco-caption scores them (the protocol of Xu et al.'s figures):
 lower-cased, punctuation removed, in the references and in what the model writes (it never
 learns to write the period that ends most Flickr8k captions; `region_grids.plain`). BLEU is
-sacreBLEU's corpus score against every reference (`pipelines.captions.bleu_scores`).
+sacreBLEU's corpus score against every reference (`pipelines.captions.bleu_scores`); CIDEr-D
+is coco-caption's (`models.self_critical.corpus_cider_d`, equal to its scorer).
 """
 
 import json
@@ -19,6 +20,7 @@ from models.photo_captioner import (
     build_photo_models,
     photo_grids,
 )
+from models.self_critical import corpus_cider_d
 from pipelines import captions as caption_data
 from pipelines.captions import bleu_scores as bleu
 from pipelines.captions import most_frequent_caption
@@ -70,19 +72,21 @@ def choose_decoding(captioner: GridCaptioner, grids: np.ndarray, references: lis
 def test_figures(model: keras.Model, tokenizer, max_length: int, images: np.ndarray,
                  references: list[list[str]], frequent: str, beam_width: int,
                  alpha: float, settings: dict) -> tuple[dict, list[str]]:
-    """BLEU-1..4 of the model on the test photos (decoded and resized as the SavedModel does,
-    through the photo model's own encoder), of the most frequent training caption, and of an
-    untrained copy (same pretrained encoder, fresh decoder)."""
+    """BLEU-1..4 and CIDEr-D of the model on the test photos (decoded and resized as the
+    SavedModel does, through the photo model's own encoder), of the most frequent training
+    caption, and of an untrained copy (same pretrained encoder, fresh decoder)."""
     grids = photo_grids(model, images)
     captions = GridCaptioner(model, tokenizer, max_length).captions(grids, beam_width, alpha)
     untrained, _ = build_photo_models(tokenizer.size, **settings)
     untrained_captions = GridCaptioner(untrained, tokenizer, max_length).captions(
         grids, beam_width, alpha)
-    figures = {**bleu(captions, references), "beam_width": beam_width, "alpha": alpha}
+    figures = {**bleu(captions, references), "cider_d": corpus_cider_d(captions, references),
+               "beam_width": beam_width, "alpha": alpha}
     for name, texts in (("most_frequent", [frequent] * len(images)),
                         ("untrained", untrained_captions)):
         scores = bleu(texts, references)
         figures.update({f"{name}_bleu{n}": scores[f"bleu{n}"] for n in range(1, 5)})
+        figures[f"{name}_cider_d"] = corpus_cider_d(texts, references)
     figures["most_frequent_caption"] = frequent
     figures["untrained_example"] = untrained_captions[0]
     return figures, captions
