@@ -126,6 +126,7 @@ class TrainConfig(runner.TrainingConfig):
     min_count: int = region_grids.MIN_COUNT
     self_critical_epochs: int = 0  # photos: self-critical training after cross-entropy
     self_critical_learning_rate: float = critic.LEARNING_RATE
+    self_critical_reward: str = critic.REWARD
     evaluate_after: bool = True
 
     def __post_init__(self):
@@ -390,7 +391,7 @@ def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.P
         trainer = critic.self_critical_trainer(
             grid_model, photo_model, text.blocks["train"],
             runner.scaled_learning_rate(config.self_critical_learning_rate, strategy),
-            config.seed)
+            config.seed, config.self_critical_reward)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
 
     def epoch_batches(epoch: int) -> tf.data.Dataset:
@@ -434,7 +435,8 @@ def choose_and_evaluate(run_dir: Path, config: TrainConfig, dataset: caption_dat
 
 
 def self_critical(run_dir: Path | None = None, epochs: int = SELF_CRITICAL_EPOCHS,
-                  learning_rate: float | None = None, evaluate_after: bool = True) -> dict:
+                  learning_rate: float | None = None, reward: str = critic.REWARD,
+                  evaluate_after: bool = True) -> dict:
     """The `self-critical` command: more self-critical epochs on a trained photo run, in place
     (a killed one resumes from its backup), then decoding chosen and the test figures again."""
     run = find_run(run_dir)
@@ -445,7 +447,7 @@ def self_critical(run_dir: Path | None = None, epochs: int = SELF_CRITICAL_EPOCH
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in stored.items() if k in names}
                          | {"self_critical_epochs": epochs, "evaluate_after": evaluate_after,
-                            "run_dir": run.path}
+                            "self_critical_reward": reward, "run_dir": run.path}
                          | ({"self_critical_learning_rate": learning_rate}
                             if learning_rate else {}))
     strategy = runner.choose_strategy(config.strategy)
@@ -833,6 +835,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     train_parser.add_argument("--self-critical-learning-rate", type=float,
                               default=critic.LEARNING_RATE, metavar="RATE",
                               help="Adam's rate for them (default: %(default)s)")
+    train_parser.add_argument("--self-critical-reward", choices=critic.REWARDS,
+                              default=critic.REWARD,
+                              help="what a sampled caption earns (default: %(default)s)")
     runner.add_training_options(train_parser, None, None, scenes_and_photos("epochs"),
                                 scenes_and_photos("batch_size"))
     runner.add_quick_option(train_parser, QUICK)
@@ -849,6 +854,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                help="default: %(default)s")
     critic_parser.add_argument("--learning-rate", type=float, default=critic.LEARNING_RATE,
                                help="Adam (default: %(default)s)")
+    critic_parser.add_argument("--reward", choices=critic.REWARDS, default=critic.REWARD,
+                               help="what a sampled caption earns: CIDEr-D or sentence BLEU-4"
+                                    " (default: %(default)s)")
     export_parser = with_run_dir(commands.add_parser("export", help="SavedModel version"))
     export_parser.add_argument("--model-base", type=Path, default=MODEL_BASE,
                                help="default: %(default)s")
@@ -867,7 +875,7 @@ def main(argv=None) -> None:
     if args.command == "evaluate":
         evaluate(run_dir, args.beam_width, args.alpha)
     elif args.command == "self-critical":
-        self_critical(run_dir, args.epochs, args.learning_rate)
+        self_critical(run_dir, args.epochs, args.learning_rate, args.reward)
     elif args.command == "caption":
         for path, text in zip(args.images, caption(args.images, run_dir, args.beam_width,
                                                    args.alpha)):

@@ -89,16 +89,69 @@ class CiderD:
         return 10.0 * float(np.mean([self.similarity(candidate, self.vector(r))
                                      for r in references]))
 
-    def rewards(self, sampled: np.ndarray, references: np.ndarray) -> np.ndarray:
+
+def sentence_bleu(caption, references, n: int = NGRAMS) -> float:
+    """sacreBLEU's sentence BLEU in 0..1 (`sentence_bleu`: "exp" smoothing, effective order):
+    clipped n-gram precisions, a zero count replaced by 1 / (2^k x total) for the k-th such
+    order, and the brevity penalty against the reference closest in length."""
+    length = len(caption)
+    if not length:
+        return 0.0
+    most: Counter = Counter()
+    for reference in references:
+        most |= ngram_counts(reference, n)  # the highest count of each n-gram in any reference
+    correct = [0] * n
+    for ngram, count in ngram_counts(caption, n).items():
+        correct[len(ngram) - 1] += min(count, most[ngram])
+    if not any(correct):
+        return 0.0
+    closest = min((abs(len(r) - length), len(r)) for r in references)[1]
+    brevity = 1.0 if length >= closest else math.exp(1 - closest / length)
+    logs, halvings = [], 1.0
+    for order in range(n):
+        total = length - order
+        if total <= 0:  # effective order: a caption of 3 words has no 4-grams to count
+            break
+        if correct[order]:
+            logs.append(math.log(correct[order] / total))
+        else:
+            halvings *= 2
+            logs.append(math.log(1.0 / (halvings * total)))
+    return brevity * math.exp(sum(logs) / len(logs))
+
+
+REWARDS = ("cider-d", "bleu4")
+REWARD = "cider-d"
+
+
+class Reward:
+    """What a sampled caption earns against its photo's references: CIDEr-D (with the
+    document frequencies of `corpus`, the training references) or sentence BLEU-4 x 10 (on
+    CIDEr-D's scale: a good caption earns about 1 either way)."""
+
+    def __init__(self, name: str, corpus):
+        if name not in REWARDS:
+            raise ValueError(f"reward {name!r}: choose from {', '.join(REWARDS)}")
+        self.name = name
+        self.cider = CiderD(corpus) if name == "cider-d" else None
+
+    def __call__(self, sampled: np.ndarray, references: np.ndarray) -> np.ndarray:
         """sampled int [b * K, L] (each ended by END, PAD after), references int [b, K', L']
-        (words, END, PAD) -> CIDEr-D float32 [b * K], K = b*K / b samples per photo."""
+        (words, END, PAD) -> float32 [b * K], K = b*K / b samples per photo."""
         per_photo = len(sampled) // len(references)
         out = np.empty(len(sampled), np.float32)
         for photo, refs in enumerate(references):
-            ref_vectors = [self.vector(words(r)) for r in refs if len(words(r))]
+            refs = [r for r in map(words, refs) if r]
+            if self.cider is not None:
+                vectors = [self.cider.vector(r) for r in refs]
             for row in range(photo * per_photo, (photo + 1) * per_photo):
-                candidate = self.vector(words(sampled[row]))
-                out[row] = 10.0 * np.mean([self.similarity(candidate, v) for v in ref_vectors])
+                caption = words(sampled[row])
+                if self.cider is not None:
+                    candidate = self.cider.vector(caption)
+                    out[row] = 10.0 * np.mean([self.cider.similarity(candidate, v)
+                                               for v in vectors])
+                else:
+                    out[row] = 10.0 * sentence_bleu(caption, refs)
         return out
 
 
@@ -134,10 +187,10 @@ class SelfCriticalTrainer(keras.Model):
     gradient is that of the policy that sampled them. The seed generator is a variable of this
     model: a resumed run samples what the killed one would have."""
 
-    def __init__(self, grid_model: keras.Model, search: EncoderDecoderSearch, cider: CiderD,
+    def __init__(self, grid_model: keras.Model, search: EncoderDecoderSearch, reward: Reward,
                  seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.grid_model, self.search, self.cider = grid_model, search, cider
+        self.grid_model, self.search, self.reward = grid_model, search, reward
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.reward_tracker = keras.metrics.Mean(name="reward")
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -167,7 +220,7 @@ class SelfCriticalTrainer(keras.Model):
         per_photo, length = captions_in.shape[1], captions_in.shape[2]
         sampled = self.sample(regions, per_photo, length)  # [b * K, L]
         references = tf.reshape(captions_out, [-1, per_photo, length])
-        rewards = tf.numpy_function(self.cider.rewards, [sampled, references], tf.float32)
+        rewards = tf.numpy_function(self.reward, [sampled, references], tf.float32)
         rewards = tf.reshape(rewards, [-1, per_photo])  # [b, K]
         baseline = (tf.reduce_sum(rewards, 1, keepdims=True) - rewards) / (per_photo - 1)
         advantage = tf.reshape(rewards - baseline, [-1, 1])
@@ -199,7 +252,7 @@ class SelfCriticalTrainer(keras.Model):
 
 def self_critical_trainer(grid_model: keras.Model, photo_model: keras.Model,
                           blocks: np.ndarray, learning_rate: float = LEARNING_RATE,
-                          seed: int = 0) -> SelfCriticalTrainer:
+                          seed: int = 0, reward: str = REWARD) -> SelfCriticalTrainer:
     """A compiled trainer; `blocks` [photos, K, L] are the training references' ids
     (`pipelines.region_grids.PhotoCaptions.blocks["train"]`), whose n-gram frequencies weight
     the reward. Build it in the strategy's scope."""
@@ -208,7 +261,8 @@ def self_critical_trainer(grid_model: keras.Model, photo_model: keras.Model,
                                   decoder.vocab_size,
                                   forbidden_ids=(text_pairs.PAD, text_pairs.UNK, text_pairs.START),
                                   start_id=text_pairs.START, end_id=text_pairs.END)
-    cider = CiderD([[words(r[1:]) for r in photo] for photo in blocks])
-    trainer = SelfCriticalTrainer(grid_model, search, cider, seed=seed, name="self_critical")
+    corpus = [[words(r[1:]) for r in photo] for photo in blocks]
+    trainer = SelfCriticalTrainer(grid_model, search, Reward(reward, corpus), seed=seed,
+                                  name="self_critical")
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=CLIP_NORM))
     return trainer

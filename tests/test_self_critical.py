@@ -1,5 +1,6 @@
 """Self-critical training (models/self_critical.py): CIDEr-D checked against coco-caption's
-scorer, and the policy gradient checked to raise the reward of what the model writes."""
+scorer, sentence BLEU against sacreBLEU's, and the policy gradient checked to raise the reward of
+what the model writes."""
 
 import keras
 import numpy as np
@@ -32,16 +33,32 @@ def test_cider_d_equals_coco_captions_scorer():
 def test_rewards_read_ids_up_to_the_end_token():
     text = region_grids.photo_captions({"train": REFERENCES, "validation": REFERENCES}, 1)
     blocks = text.blocks["train"]  # [photos, K, L + 2]: [start] words [end] 0...
-    scorer = critic.CiderD([[critic.words(r[1:]) for r in refs] for refs in blocks])
+    corpus = [[critic.words(r[1:]) for r in refs] for refs in blocks]
+    scorer = critic.CiderD(corpus)
     # Each photo's first reference as a "sample", then garbage after its end token (ignored).
     sampled = np.pad(blocks[:, 0, 1:], ((0, 0), (0, 1)), constant_values=text_pairs.END + 3)
-    rewards = scorer.rewards(sampled, blocks[:, :, 1:])
-    for row, reward in enumerate(rewards):
-        expected = scorer.score(critic.words(blocks[row, 0, 1:]),
-                                [critic.words(r[1:]) for r in blocks[row]])
-        assert reward == pytest.approx(expected, rel=1e-6)
-    wrong = scorer.rewards(np.roll(sampled, 1, axis=0), blocks[:, :, 1:])
-    assert np.all(rewards > wrong + 1.0)
+    for name, score in (("cider-d", scorer.score),
+                        ("bleu4", lambda c, r: 10 * critic.sentence_bleu(c, r))):
+        reward = critic.Reward(name, corpus)
+        rewards = reward(sampled, blocks[:, :, 1:])
+        for row, earned in enumerate(rewards):
+            expected = score(critic.words(blocks[row, 0, 1:]), corpus[row])
+            assert earned == pytest.approx(expected, rel=1e-6)
+        wrong = reward(np.roll(sampled, 1, axis=0), blocks[:, :, 1:])
+        assert np.all(rewards > wrong + 1.0), name
+
+
+def test_sentence_bleu_equals_sacrebleus():
+    import sacrebleu
+
+    rng = np.random.default_rng(0)
+    vocabulary = "a the dog man runs on grass red shirt in water two kids play ball".split()
+    for _ in range(300):
+        caption = list(rng.choice(vocabulary, rng.integers(1, 12)))
+        references = [list(rng.choice(vocabulary, rng.integers(1, 14))) for _ in range(5)]
+        expected = sacrebleu.sentence_bleu(" ".join(caption), [" ".join(r) for r in references])
+        assert critic.sentence_bleu(caption, references) == pytest.approx(
+            expected.score / 100, abs=1e-12)
 
 
 def toy_grids(kinds: int, photos: int, regions: int, channels: int, seed: int = 0):
@@ -77,7 +94,7 @@ def test_self_critical_training_raises_the_reward_of_sampled_captions():
         for (regions, captions_in), captions_out in data:
             for _ in range(repeats):
                 sampled = trainer.sample(regions, per_photo, captions_in.shape[2]).numpy()
-                rewards.append(trainer.cider.rewards(sampled, captions_out.numpy().reshape(
+                rewards.append(trainer.reward(sampled, captions_out.numpy().reshape(
                     -1, per_photo, captions_in.shape[2])))
         return float(np.mean(rewards))
 
