@@ -380,12 +380,10 @@ def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.P
     """`config.self_critical_epochs` of self-critical training (`models.self_critical`) from the
     run's best.keras, in `<run>/self_critical` (its history.csv and backup: a kill resumes
     exactly with the `self-critical` command). best.keras is replaced only by an epoch whose
-    validation BLEU-4 beats every epoch before, cross-entropy's included."""
+    validation BLEU-4 (`photo_training.SELF_CRITICAL_SELECTION`) beats the model it started
+    from, scored the same way."""
     folder = Path(run_dir) / "self_critical"
     resumed = runner.start_run(folder)
-    best = max((b for b in (runner.best_so_far(run_dir, "val_bleu4"),
-                            runner.best_so_far(folder, "val_bleu4") if resumed else None)
-                if b is not None), default=None)
     with strategy.scope():
         photo_model.load_weights(Path(run_dir) / "best.keras")
         trainer = critic.self_critical_trainer(
@@ -401,7 +399,17 @@ def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.P
     selection = photo_training.ValidationBLEU(
         photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
         grids["validation"], text.references["validation"], Path(run_dir) / "best.keras",
-        best=best)
+        decodings=photo_training.SELF_CRITICAL_SELECTION)
+    # What the epochs must beat: the starting model scored as they are (kept in start.json, so
+    # that a resumed phase compares against the same figure).
+    start = folder / "start.json"
+    if resumed and start.is_file():
+        selection.best = max(json.loads(start.read_text())["val_bleu4"],
+                             runner.best_so_far(folder, "val_bleu4") or 0.0)
+    else:
+        selection.best = selection.score()[0]
+        runner.write_json(start, {"val_bleu4": selection.best})
+    starting = selection.best
     started = time.perf_counter()
     runner.fit(trainer, epoch_batches, config.self_critical_epochs, folder,
                steps_per_epoch=int(epoch_batches(0).cardinality()),
@@ -410,7 +418,7 @@ def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.P
                backup_every=config.backup_every, verbose=config.verbose)
     return {"self_critical_epochs": config.self_critical_epochs,
             "self_critical_seconds": round(time.perf_counter() - started, 1),
-            "best_val_bleu4": selection.best}
+            "self_critical_start_val_bleu4": starting, "best_val_bleu4": selection.best}
 
 
 def choose_and_evaluate(run_dir: Path, config: TrainConfig, dataset: caption_data.CaptionData,
