@@ -100,6 +100,18 @@ def test_run_directory_has_what_a_user_looks_at(trained):
     assert tr.find_run().path == run_dir.resolve()  # runs/translation/LAST: the last trained
 
 
+def test_length_penalty_is_chosen_on_validation_and_used_by_evaluate(trained):
+    run_dir, metrics = trained
+    decoding = json.loads((run_dir / "decoding.json").read_text())
+    assert [t["alpha"] for t in decoding["validation"]] == list(tr.LENGTH_PENALTIES)
+    best = max(decoding["validation"], key=lambda t: t["val_bleu"])
+    assert decoding["alpha"] == best["alpha"] and decoding["beam_width"] == tr.BEAM_WIDTH
+    assert metrics["alpha"] == decoding["alpha"]  # the test figures were decoded with it
+    run = runner.RunDir(run_dir)
+    assert tr.decoding_of(run, None, None) == (tr.BEAM_WIDTH, decoding["alpha"])
+    assert tr.decoding_of(run, 1, 0.0) == (1, 0.0)  # --beam-width / --alpha win
+
+
 def test_config_checks_choices_and_reads_one_or_two_vocabulary_sizes():
     assert tr.TrainConfig(max_tokens=[500]).max_tokens == (500, 500)
     assert tr.TrainConfig(max_tokens=[500, 300]).max_tokens == (500, 300)
