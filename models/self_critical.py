@@ -5,7 +5,7 @@ Cross-entropy never sees the model's own mistakes (exposure bias) and does not s
 metrics score; the policy gradient fixes both.
 
     regions [b, R, C] -> K captions sampled per photo (the K of its references in the batch)
-    reward r_k = CIDEr-D(caption k, the photo's references)
+    reward r_k = CIDEr-D(caption k, the photo's references)     (or sentence BLEU-4: `Reward`)
     baseline b_k = mean of the photo's other K - 1 rewards       (Luo, 2020, arXiv:2003.09971)
     loss = -sum_k (r_k - b_k) * log p(caption k) / words
 
