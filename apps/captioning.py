@@ -485,12 +485,7 @@ def photo_metrics(captioner: Captioner, dataset: caption_data.CaptionData, run_d
 
 def decoding_of(run: runner.RunDir, beam_width: int | None, alpha: float | None
                 ) -> tuple[int, float]:
-    """--beam-width / --alpha, else what training chose on validation, else the defaults."""
-    chosen = {}
-    if (run.path / "decoding.json").is_file():
-        chosen = json.loads((run.path / "decoding.json").read_text())
-    return (beam_width if beam_width is not None else chosen.get("beam_width", BEAM_WIDTH),
-            alpha if alpha is not None else chosen.get("alpha", ALPHA))
+    return runner.chosen_decoding(run.path, beam_width, alpha, (BEAM_WIDTH, ALPHA))
 
 
 # ---------------------------------------------------------------------------------------------

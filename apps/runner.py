@@ -316,6 +316,16 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")  # Paths as strings
 
 
+def chosen_decoding(run_dir: Path, beam_width: int | None, alpha: float | None,
+                    defaults: tuple[int, float]) -> tuple[int, float]:
+    """(beam width, length penalty): the ones asked for (--beam-width / --alpha), else what
+    training chose on validation (`decoding.json` in the run), else `defaults`."""
+    path = Path(run_dir) / "decoding.json"
+    chosen = json.loads(path.read_text()) if path.is_file() else {}
+    return (beam_width if beam_width is not None else chosen.get("beam_width", defaults[0]),
+            alpha if alpha is not None else chosen.get("alpha", defaults[1]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Configs, run directories, the last run
 # ---------------------------------------------------------------------------------------------
