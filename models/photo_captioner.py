@@ -471,14 +471,20 @@ def lite_encoder_archive(model: keras.Model) -> keras.export.ExportArchive:
     return archive
 
 
+def photo_search(model: keras.Model) -> EncoderDecoderSearch:
+    """The photo model's decoding from cached grids: its region head, its decoder, and the tokens
+    a caption never holds (padding, [UNK], a second [start])."""
+    decoder = model.get_layer("decoder")
+    return EncoderDecoderSearch(model.get_layer("encoder").head, decoder, decoder.vocab_size,
+                                forbidden_ids=(text_pairs.PAD, text_pairs.UNK, text_pairs.START),
+                                start_id=text_pairs.START, end_id=text_pairs.END)
+
+
 def lite_decoder_archive(model: keras.Model) -> keras.export.ExportArchive:
     """`encode` (regions -> memory, keys, mask, state) and `decode_step`, batch 1: the greedy
     loop runs in numpy (`serving.litert_captioning`)."""
-    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
-    search = EncoderDecoderSearch(encoder.head, decoder, decoder.vocab_size,
-                                  forbidden_ids=(text_pairs.PAD, text_pairs.UNK,
-                                                 text_pairs.START),
-                                  start_id=text_pairs.START, end_id=text_pairs.END)
+    encoder = model.get_layer("encoder")
+    search = photo_search(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
     regions = (encoder.image_size // 32) ** 2

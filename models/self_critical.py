@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras import ops
 
 from layers.beam_search import EncoderDecoderSearch, tile_beams
+from models.photo_captioner import photo_search
 from pipelines import text_pairs
 
 NGRAMS = 4
@@ -256,11 +257,7 @@ def self_critical_trainer(grid_model: keras.Model, photo_model: keras.Model,
     """A compiled trainer; `blocks` [photos, K, L] are the training references' ids
     (`pipelines.region_grids.PhotoCaptions.blocks["train"]`), whose n-gram frequencies weight
     the reward. Build it in the strategy's scope."""
-    decoder = photo_model.get_layer("decoder")
-    search = EncoderDecoderSearch(photo_model.get_layer("encoder").head, decoder,
-                                  decoder.vocab_size,
-                                  forbidden_ids=(text_pairs.PAD, text_pairs.UNK, text_pairs.START),
-                                  start_id=text_pairs.START, end_id=text_pairs.END)
+    search = photo_search(photo_model)
     corpus = [[words(r[1:]) for r in photo] for photo in blocks]
     trainer = SelfCriticalTrainer(grid_model, search, Reward(reward, corpus), seed=seed,
                                   name="self_critical")
