@@ -86,9 +86,11 @@ class CiderD:
 
     def score(self, caption, references) -> float:
         """CIDEr-D of one caption: 10 x the mean similarity over its references."""
-        candidate = self.vector(caption)
-        return 10.0 * float(np.mean([self.similarity(candidate, self.vector(r))
-                                     for r in references]))
+        return self.score_vectors(self.vector(caption), [self.vector(r) for r in references])
+
+    def score_vectors(self, candidate, references) -> float:
+        """`score` of vectors already made (`vector`): a photo's references serve K samples."""
+        return 10.0 * float(np.mean([self.similarity(candidate, r) for r in references]))
 
 
 def sentence_bleu(caption, references, n: int = NGRAMS) -> float:
@@ -148,9 +150,7 @@ class Reward:
             for row in range(photo * per_photo, (photo + 1) * per_photo):
                 caption = words(sampled[row])
                 if self.cider is not None:
-                    candidate = self.cider.vector(caption)
-                    out[row] = 10.0 * np.mean([self.cider.similarity(candidate, v)
-                                               for v in vectors])
+                    out[row] = self.cider.score_vectors(self.cider.vector(caption), vectors)
                 else:
                     out[row] = 10.0 * sentence_bleu(caption, refs)
         return out
