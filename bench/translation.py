@@ -143,10 +143,10 @@ def main(argv=None) -> dict:
     corpus = tr.corpus_of_run(run_config)
     quality = {}
     _, chosen = tr.decoding_of(runner.RunDir(args.run_dir), None, None)  # on validation
-    for name, width, alpha in (("beam 4", 4, chosen), (f"beam 4, alpha {seq2seq.ALPHA}", 4,
-                                                       seq2seq.ALPHA), ("beam 1", 1, 0.0)):
-        if name != "beam 4" and alpha == chosen and width > 1:
-            continue
+    decodings = [("beam 4", 4, chosen), ("beam 1", 1, 0.0)]
+    if chosen != seq2seq.ALPHA:  # and GNMT's default beside it
+        decodings.insert(1, (f"beam 4, alpha {seq2seq.ALPHA}", 4, seq2seq.ALPHA))
+    for name, width, alpha in decodings:
         metrics = tr.held_out_metrics(translator, corpus, args.run_dir, beam_width=width,
                                       alpha=alpha, progress=True)
         quality[name] = {k: metrics[k] for k in ("bleu", "chrf", "bleu_signature",
