@@ -88,9 +88,9 @@ MAX_CAPTION_TOKENS = 30  # longer training captions are cut (real captions run l
 EXAMPLES = 8
 SEED = 42
 MODEL_BASE = Path("saved_models")
+SELF_CRITICAL_EPOCHS = 3  # `self-critical`'s default
 # --encoder mobilenet_v2 on photos: the defaults of the options left as they are; a batch is 32
 # photos, each with all of its (5) captions.
-SELF_CRITICAL_EPOCHS = 3  # `self-critical`'s default
 PHOTO = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "units": 512,
          "embedding_dim": 256, "image_size": 224}
 SCENE = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
