@@ -34,6 +34,7 @@ takes encoded image bytes and returns the caption, and `.tflite` files with an `
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -127,6 +128,7 @@ class TrainConfig(runner.TrainingConfig):
     self_critical_epochs: int = 0  # photos: self-critical training after cross-entropy
     self_critical_learning_rate: float = critic.LEARNING_RATE
     self_critical_reward: str = critic.REWARD
+    members: int = 1  # photos: an ensemble of this many attention LSTMs
     evaluate_after: bool = True
 
     def __post_init__(self):
@@ -147,6 +149,13 @@ class TrainConfig(runner.TrainingConfig):
             self._fill_defaults(SCENE)
         if self.backbone_weights and not Path(self.backbone_weights).is_file():
             raise DataError(f"{self.backbone_weights}: no such weights file (--encoder-weights)")
+        if self.members < 1:
+            raise UsageError(f"--members {self.members}: at least 1")
+        if self.members > 1 and (self.backbone != PHOTO_ENCODER or self.decoder != "attention"
+                                 or self.self_critical_epochs):
+            raise UsageError(f"--members {self.members}: an ensemble is of attention LSTMs on"
+                             f" photos (--encoder {PHOTO_ENCODER}), without self-critical"
+                             " epochs")
 
     def _fill_defaults(self, defaults: dict):
         for name, value in defaults.items():
@@ -311,9 +320,11 @@ def train_photos(config: TrainConfig) -> dict:
     text = photo_texts(dataset, config.min_count)
     settings = {"alpha": config.encoder_alpha, "captions_per_photo": text.per_photo,
                 "caption_length": text.length + 1, "image_size": config.image_size,
-                "embedding_dim": config.embedding_dim, "units": config.units}
+                "embedding_dim": config.embedding_dim, "units": config.units,
+                "members": config.members}
     if transformer:  # photo_captioner's sizes, in run.json (the untrained copy is built from it)
-        settings = {**{k: v for k, v in settings.items() if k not in ("embedding_dim", "units")},
+        settings = {**{k: v for k, v in settings.items()
+                       if k not in ("embedding_dim", "units", "members")},
                     "decoder": "transformer", "layers": photo.TRANSFORMER_LAYERS,
                     "heads": photo.TRANSFORMER_HEADS, "memory_dim": photo.D_MODEL,
                     "ff": photo.TRANSFORMER_FF, "dropout": photo.TRANSFORMER_DROPOUT}
@@ -330,11 +341,19 @@ def train_photos(config: TrainConfig) -> dict:
 
     steps_per_epoch = int(epoch_batches(0).cardinality())
     learning_rate = run.scaled_learning_rate(config.learning_rate)
+    trained_before = (run.path / "metrics.json").is_file()
     run.start(dataset=dataset.name, max_length=text.length + 1, train_images=len(dataset.train),
               train_captions=text.per_photo * len(dataset.train), vocabulary=text.tokenizer.size,
               photo_settings=settings, global_learning_rate=learning_rate,
               photos_encoded=cache.computed)
     text_pairs.write_vocabulary(run.path / "vocab.txt", text.tokenizer.vocabulary)
+    if config.members > 1:
+        if trained_before:  # a finished run trained again: its members start afresh too
+            for folder in run.path.glob("member_*"):
+                shutil.rmtree(folder)
+        metrics = train_members(run, config, text, grids, photo_model, learning_rate)
+        metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"]))
+        return run.finish({**metrics, "train_images": len(dataset.train)})
     with run.strategy.scope():
         compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate,
                       photo.LABEL_SMOOTHING if transformer else 0.0)
@@ -355,6 +374,62 @@ def train_photos(config: TrainConfig) -> dict:
                                            grid_model, run.strategy))
     metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"]))
     return run.finish(metrics)
+
+
+def train_members(run: runner.TrainingRun, config: TrainConfig,
+                  text: region_grids.PhotoCaptions, grids: dict, ensemble: keras.Model,
+                  learning_rate: float) -> dict:
+    """`--members N`: N attention LSTMs on the same cached grids, each trained as a lone one is
+    (member k draws its weights and shuffles with seed + k; member 0 shuffles as a lone run
+    does), in `<run>/member_<k>/` with its history and its best epoch by validation BLEU-4;
+    then joined into `ensemble`, the run's best.keras, whose words are the mean of the
+    members' probabilities. A kill resumes inside the member it stopped in; a member with
+    done.json is not trained again."""
+    validation_batches = region_grids.grid_batches(grids["validation"],
+                                                   text.blocks["validation"], run.global_batch)
+    started, scores, members = time.perf_counter(), [], []
+    for k in range(config.members):
+        folder = run.path / f"member_{k}"
+        done = folder / "done.json"
+        if not done.is_file():
+            resumed = runner.start_run(folder)
+            keras.utils.set_random_seed(config.seed + k)
+
+            def epoch_batches(epoch: int, k=k) -> tf.data.Dataset:
+                return region_grids.grid_batches(grids["train"], text.blocks["train"],
+                                                 run.global_batch, shuffle=True,
+                                                 seed=config.seed + 1000 * k + epoch)
+
+            steps_per_epoch = int(epoch_batches(0).cardinality())
+            with run.strategy.scope():
+                member, grid_model = photo.build_photo_models(
+                    text.tokenizer.size, **{**run.dir.config()["photo_settings"], "members": 1},
+                    weights=config.backbone_weights)
+                compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate)
+            selection = photo_training.ValidationBLEU(
+                member, photo.GridCaptioner(member, text.tokenizer, text.length + 1),
+                grids["validation"], text.references["validation"], folder / "best.keras",
+                best=runner.best_so_far(folder, "val_bleu4") if resumed else None)
+            print(f"member {k + 1} of {config.members}", flush=True)
+            runner.fit(grid_model, epoch_batches, config.epochs, folder,
+                       steps_per_epoch=steps_per_epoch, validation_data=validation_batches,
+                       callbacks=[selection, *runner.training_callbacks(
+                           folder, None, resumed=resumed is not None)],
+                       backup_every=config.backup_every, jit=config.jit, verbose=config.verbose)
+            runner.plot_history(folder)
+            runner.write_json(done, {"val_bleu4": selection.best})
+        scores.append(json.loads(done.read_text())["val_bleu4"])
+        members.append(keras.saving.load_model(folder / "best.keras", compile=False))
+    photo.join_members(ensemble, members).save(run.path / "best.keras")
+    joined = photo_training.ValidationBLEU(
+        ensemble, photo.GridCaptioner(ensemble, text.tokenizer, text.length + 1),
+        grids["validation"], text.references["validation"], run.path / "best.keras")
+    score = joined.score()[0]
+    print(f"ensemble of {config.members}: validation BLEU-4 {score:.2f} (members "
+          + ", ".join(f"{s:.2f}" for s in scores) + ")", flush=True)
+    return {"training_seconds": round(time.perf_counter() - started, 1),
+            "epochs": config.epochs, "members": config.members, "member_val_bleu4": scores,
+            "best_val_bleu4": score}
 
 
 def photo_texts(dataset: caption_data.CaptionData, min_count: int
@@ -832,6 +907,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="peak Adam learning rate for one replica's batch; N"
                                    " replicas train at N times it"
                                    f" ({scenes_and_photos('learning_rate')})")
+    train_parser.add_argument("--members", type=int, default=1, metavar="N",
+                              help=f"photos (--encoder {PHOTO_ENCODER}): train N attention LSTMs"
+                                   " on the same cached grids with seeds seed..seed+N-1 and"
+                                   " caption with their mean word probabilities (an ensemble;"
+                                   " N times the training) (default: %(default)s)")
     train_parser.add_argument("--self-critical-epochs", type=int, default=0, metavar="N",
                               help="photos: then N epochs of self-critical training on the"
                                    " captions' CIDEr-D (default: %(default)s)")

@@ -99,6 +99,7 @@ def train_photos(data: str, weights: str, run_dir: Path, **options) -> dict:
     cpu = cpu_seconds()
     figures = captioning.evaluate(run_dir)
     return {"decoder": config.decoder, "alpha": config.encoder_alpha, "epochs": config.epochs,
+            "members": config.members,
             "self-critical epochs": config.self_critical_epochs,
             **{f"BLEU-{n}": round(figures[f"bleu{n}"], 1) for n in range(1, 5)},
             "CIDEr-D": round(100 * figures["cider_d"], 1),
@@ -160,10 +161,12 @@ def flickr8k(args) -> dict:
         for decoder in decoders:
             name = Path(weights).name.split("_224")[0]
             name += "" if decoder == "attention" else f"-{decoder}"
+            name += f"-x{args.members}" if args.members > 1 and decoder == "attention" else ""
             run_dir = workdir / name
             if "train" in args.stages:
                 options = {"decoder": decoder,
                            "self_critical_epochs": args.self_critical_epochs,
+                           "members": args.members if decoder == "attention" else 1,
                            **({"epochs": args.epochs} if args.epochs else {})}
                 rows.append(train_photos(args.flickr8k, weights, run_dir, **options))
                 print(json.dumps(rows[-1]), flush=True)
@@ -203,6 +206,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--self-critical-epochs", type=int, default=0, metavar="N",
                         help="photos: self-critical epochs after cross-entropy (default:"
                              " %(default)s)")
+    parser.add_argument("--members", type=int, default=1, metavar="N",
+                        help="photos: an ensemble of N attention LSTMs (default: %(default)s)")
     parser.add_argument("--stages", nargs="+", choices=("train", "lite"),
                         default=["train", "lite"])
     args = parser.parse_args(argv)

@@ -212,16 +212,18 @@ class PhotoEncoder(keras.layers.Layer):
     preprocessing (x / 127.5 - 1) inside. `grid` is the part the cache stores."""
 
     def __init__(self, alpha=1.0, image_size=PHOTO_SIZE, memory_dim=MEMORY_DIM, units=UNITS,
-                 dropout=DROPOUT, decoder="attention", **kwargs):
+                 dropout=DROPOUT, decoder="attention", members=1, **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.image_size = float(alpha), int(image_size)
         self.memory_dim, self.units, self.dropout_rate = memory_dim, units, dropout
-        self.decoder = decoder
+        self.decoder, self.members = decoder, int(members)
         self.backbone = mobilenet_v2(self.alpha, self.image_size)
         self.backbone.trainable = False
         if decoder == "transformer":
             self.head = TransformerRegionHead(self.image_size // 32, memory_dim, dropout,
                                               name="head")
+        elif self.members > 1:
+            self.head = EnsembleHead(self.members, memory_dim, units, dropout, name="head")
         else:
             self.head = RegionHead(memory_dim, units, dropout, name="head")
 
@@ -240,7 +242,7 @@ class PhotoEncoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "image_size": self.image_size,
                 "memory_dim": self.memory_dim, "units": self.units,
-                "dropout": self.dropout_rate, "decoder": self.decoder}
+                "dropout": self.dropout_rate, "decoder": self.decoder, "members": self.members}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,14 +344,115 @@ class PhotoTransformerDecoder(TransformerDecoder):
         return (logits, ops.mean(weights, axis=1)) if return_attention else logits
 
 
+# ---------------------------------------------------------------------------------------------
+# An ensemble: N attention LSTMs trained apart on the same grids, writing one caption together
+# ---------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class EnsembleHead(keras.layers.Layer):
+    """N RegionHeads, one per member (`--members`), over the same regions: memory
+    [b, R, N * D] (the members' side by side), the region mask, and [h, c] each [b, N, U].
+    Stacking the members' states keeps the interface of one LSTM's two state tensors, so the
+    beam search, the SavedModel and the LiteRT decoder file carry an ensemble unchanged."""
+
+    def __init__(self, members, memory_dim=MEMORY_DIM, units=UNITS, dropout=DROPOUT, **kwargs):
+        super().__init__(**kwargs)
+        self.members, self.memory_dim, self.units = int(members), memory_dim, units
+        self.dropout_rate = dropout
+        self.heads = [RegionHead(memory_dim, units, dropout, name=f"head_{k}")
+                      for k in range(self.members)]
+
+    def call(self, regions, training=None):
+        outputs = [head(regions, training=training) for head in self.heads]
+        memory = ops.concatenate([memory for memory, _, _ in outputs], axis=-1)
+        state = [ops.stack([s[i] for _, _, s in outputs], axis=1) for i in range(2)]
+        return memory, outputs[0][1], state
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "members": self.members, "memory_dim": self.memory_dim,
+                "units": self.units, "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class EnsembleDecoder(keras.layers.Layer):
+    """N PhotoDecoders with PhotoDecoder's interface: each reads its own slice of the memory
+    and of the stacked state; the next word's distribution is the mean of their probabilities
+    (as log-probabilities, which serve as logits). Attention maps are the members' mean."""
+
+    def __init__(self, members, vocab_size, embedding_dim=EMBEDDING_DIM, units=UNITS,
+                 attention_dim=ATTENTION_DIM, dropout=DROPOUT, penalty=ATTENTION_PENALTY,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.members, self.vocab_size = int(members), vocab_size
+        self.sizes = {"embedding_dim": embedding_dim, "units": units,
+                      "attention_dim": attention_dim, "dropout": dropout, "penalty": penalty}
+        self.decoders = [PhotoDecoder(vocab_size, **self.sizes, name=f"decoder_{k}")
+                         for k in range(self.members)]
+        self.state_count = 2
+
+    def _mean(self, log_probs):  # N x [..., V] -> log of the mean probability
+        return ops.logsumexp(ops.stack(log_probs), axis=0) - float(np.log(self.members))
+
+    def _member_state(self, state, k):
+        return [state[0][:, k], state[1][:, k]]
+
+    def prepare_memory(self, memory):
+        parts = ops.split(memory, self.members, axis=-1)
+        return ops.concatenate([d.prepare_memory(m) for d, m in zip(self.decoders, parts)],
+                               axis=-1)
+
+    def call(self, tokens, memory, memory_mask, initial_state, return_attention=False,
+             training=None):
+        outputs = [decoder(tokens, part, memory_mask, self._member_state(initial_state, k),
+                           return_attention=True, training=training)
+                   for k, (decoder, part) in enumerate(
+                       zip(self.decoders, ops.split(memory, self.members, axis=-1)))]
+        logits = self._mean([ops.log_softmax(logits, axis=-1) for logits, _ in outputs])
+        weights = ops.mean(ops.stack([w for _, w in outputs]), axis=0)
+        return (logits, weights) if return_attention else logits
+
+    def step(self, tokens, state, memory, keys, memory_mask):
+        """tokens [b] -> (log_probs [b, V], stacked [h, c], mean attention weights [b, R])."""
+        steps = [decoder.step(tokens, self._member_state(state, k), part, part_keys,
+                              memory_mask)
+                 for k, (decoder, part, part_keys) in enumerate(zip(
+                     self.decoders, ops.split(memory, self.members, axis=-1),
+                     ops.split(keys, self.members, axis=-1)))]
+        new_state = [ops.stack([s[i] for _, s, _ in steps], axis=1) for i in range(2)]
+        weights = ops.mean(ops.stack([w for _, _, w in steps]), axis=0)
+        return self._mean([log_probs for log_probs, _, _ in steps]), new_state, weights
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "members": self.members,
+                "vocab_size": self.vocab_size, **self.sizes}
+
+
+def join_members(ensemble: keras.Model, members: list[keras.Model]) -> keras.Model:
+    """Copies each trained member photo model's head and decoder into its place in `ensemble`
+    (`build_photo_models(members=N)`'s photo model, whose backbone already holds the same
+    pretrained weights as theirs)."""
+    head, decoder = ensemble.get_layer("encoder").head, ensemble.get_layer("decoder")
+    for k, member in enumerate(members):
+        head.heads[k].set_weights(member.get_layer("encoder").head.get_weights())
+        decoder.decoders[k].set_weights(member.get_layer("decoder").get_weights())
+    return ensemble
+
+
 def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
                        caption_length: int, image_size: int = PHOTO_SIZE,
                        embedding_dim: int = EMBEDDING_DIM, units: int = UNITS,
                        memory_dim: int | None = None, dropout: float | None = None,
                        penalty: float = ATTENTION_PENALTY, decoder: str = "attention",
                        layers: int = TRANSFORMER_LAYERS, heads: int = TRANSFORMER_HEADS,
-                       ff: int = TRANSFORMER_FF, weights: str | None = None
-                       ) -> tuple[keras.Model, keras.Model]:
+                       ff: int = TRANSFORMER_FF, weights: str | None = None,
+                       members: int = 1) -> tuple[keras.Model, keras.Model]:
     """(photo model, grid model), sharing every weight:
 
         photo model: (photo uint8 [b, S, S, 3], caption_in [b, T]) -> logits [b, T, V]
@@ -360,14 +463,18 @@ def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
     `decoder`: "attention" (the LSTM: `embedding_dim`, `units`, `penalty`) or "transformer"
     (`layers`, `heads`, `ff`, its cache `caption_length` positions long); `memory_dim` (the
     Transformer's d_model) and `dropout` default to each decoder's own.
-    `weights`: a checked MobileNetV2 weights file, or "imagenet" (a download)."""
+    `weights`: a checked MobileNetV2 weights file, or "imagenet" (a download). `members` > 1:
+    an ensemble of that many attention LSTMs (EnsembleHead, EnsembleDecoder), to be filled
+    from trained members by `join_members`."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r}: choose from {', '.join(DECODERS)}")
+    if members > 1 and decoder != "attention":
+        raise ValueError("an ensemble (members > 1) is of attention LSTMs")
     transformer = decoder == "transformer"
     memory_dim = memory_dim or (D_MODEL if transformer else MEMORY_DIM)
     dropout = dropout if dropout is not None else (TRANSFORMER_DROPOUT if transformer
                                                    else DROPOUT)
-    encoder = PhotoEncoder(alpha, image_size, memory_dim, units, dropout, decoder,
+    encoder = PhotoEncoder(alpha, image_size, memory_dim, units, dropout, decoder, members,
                            name="encoder")
     if weights == "imagenet":
         encoder.backbone.set_weights(mobilenet_v2(alpha, image_size, "imagenet").get_weights())
@@ -376,6 +483,9 @@ def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
     if transformer:
         decoder = PhotoTransformerDecoder(vocab_size, caption_length, layers, heads, memory_dim,
                                           ff, dropout, name="decoder")
+    elif members > 1:
+        decoder = EnsembleDecoder(members, vocab_size, embedding_dim, units, dropout=dropout,
+                                  penalty=penalty, name="decoder")
     else:
         decoder = PhotoDecoder(vocab_size, embedding_dim, units, dropout=dropout,
                                penalty=penalty, name="decoder")

@@ -12,11 +12,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 from PIL import Image
 
 from apps import captioning, runner
 from models import photo_training
-from pipelines import DataError
+from pipelines import DataError, text_pairs
 from pipelines import captions as caption_data
 from serving.litert_captioning import CaptionLiteRT
 
@@ -542,6 +543,107 @@ def test_self_critical_command_continues_a_photo_run_and_keeps_the_best_epoch(
     assert replaced == (max(history["val_bleu4"]) > start)
     assert not (copy / "self_critical" / "backup").exists()  # finished: no backup left
     assert "test BLEU-1..4" in capsys.readouterr().out
+
+
+def test_an_ensemble_word_is_the_mean_of_its_members_probabilities(tmp_path):
+    from models import photo_captioner as photo
+
+    sizes = dict(alpha=0.35, captions_per_photo=5, caption_length=6, image_size=PHOTO_SIZE,
+                 units=16, embedding_dim=8)
+    members = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        members.append(photo.build_photo_models(20, **sizes)[0])
+    ensemble = photo.join_members(photo.build_photo_models(20, **sizes, members=2)[0], members)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras")
+    rng = np.random.default_rng(0)
+    regions = tf.constant(rng.uniform(0, 6, (3, 4, 1280)), tf.float32)  # a 2x2 grid
+    tokens = tf.constant([text_pairs.START] * 3, tf.int32)
+    caption_in = tf.constant(rng.integers(4, 20, (3, 5)), tf.int32)
+
+    def first_step(model):
+        memory, keys, mask, state = photo.photo_search(model).encode(regions)
+        return model.get_layer("decoder").step(tokens, state, memory, keys, mask)[0]
+
+    def whole_caption(model):
+        memory, mask, state = model.get_layer("encoder").head(regions)
+        return ops.log_softmax(model.get_layer("decoder")(caption_in, memory, mask, state),
+                               axis=-1)
+
+    for words in (first_step, whole_caption):
+        alone = np.stack([np.exp(words(m)) for m in members])
+        expected = np.log(alone.mean(axis=0))
+        np.testing.assert_allclose(words(ensemble), expected, atol=1e-5)
+        np.testing.assert_allclose(words(loaded), expected, atol=1e-5)
+    assert not np.allclose(*alone)  # two members that differ
+
+    # A trivial ensemble, a model with itself, decodes as the model alone
+    twice = photo.join_members(photo.build_photo_models(20, **sizes, members=2)[0],
+                               [members[0]] * 2)
+    alone, joined = (photo.photo_search(m).decode(regions, 6, 3, 0.0)
+                     for m in (members[0], twice))
+    np.testing.assert_array_equal(joined["tokens"], alone["tokens"])
+    np.testing.assert_allclose(joined["scores"], alone["scores"], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(photo_run, mobilenet_file, tmp_path_factory):
+    folder, _, _ = photo_run
+    config = dict(data=str(folder), backbone="mobilenet_v2", epochs=2,
+                  run_dir=tmp_path_factory.mktemp("ensemble") / "run",
+                  backbone_weights=str(mobilenet_file), members=2, **PHOTO_OPTIONS)
+    return config, captioning.train(captioning.TrainConfig(**config))
+
+
+def test_members_train_apart_on_the_grids_and_caption_together(ensemble_run):
+    config, metrics = ensemble_run
+    run_dir = config["run_dir"]
+    for k in range(2):
+        member = run_dir / f"member_{k}"
+        history = runner.read_history(member)
+        assert len(history["val_bleu4"]) == 2 and not (member / "backup").exists()
+        assert metrics["member_val_bleu4"][k] == max(history["val_bleu4"])
+    model = captioning.load_captioner(run_dir).model
+    decoder = model.get_layer("decoder")
+    assert len(decoder.decoders) == 2
+    first, second = (d.output_dense.kernel.numpy() for d in decoder.decoders)
+    assert not np.allclose(first, second)  # each member its own seed
+    assert (run_dir / "decoding.json").is_file() and metrics["test_images"] == 4
+    assert 0 <= metrics["bleu4"] <= 100
+
+    # A finished member is not trained again when the run is resumed after a kill
+    member_0 = (run_dir / "member_0" / "best.keras").stat().st_mtime_ns
+    (run_dir / "member_1" / "done.json").unlink()
+    (run_dir / "metrics.json").unlink()  # the kill came before the run finished
+    again = captioning.train(captioning.TrainConfig(**config))
+    assert (run_dir / "member_0" / "best.keras").stat().st_mtime_ns == member_0
+    assert len(runner.read_history(run_dir / "member_1")["val_bleu4"]) == 2
+    assert again["member_val_bleu4"][0] == metrics["member_val_bleu4"][0]
+
+
+@pytest.mark.slow  # about a minute: the SavedModel and the .tflite files of two members
+def test_an_ensemble_exports_like_one_lstm(ensemble_run, tmp_path):
+    config, _ = ensemble_run
+    report = captioning.export(config["run_dir"], tmp_path / "models", quiet=True,
+                               check_images=2)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (90, 120, 3), np.uint8)).save(
+        photo)
+    served = tf.saved_model.load(report["saved_model"]).signatures["serving_default"](
+        images=tf.constant([photo.read_bytes()]))
+    assert [c.decode() for c in served["caption"].numpy()] == captioning.caption(
+        [photo], config["run_dir"])
+    # The decoder file carries both members' stacked states: the same greedy tokens as Keras
+    assert report["float32"]["same_tokens_as_keras_greedy"] == 1.0
+
+
+def test_members_are_for_photo_lstms(mobilenet_file, tmp_path):
+    with pytest.raises(runner.UsageError, match="--members 2"):
+        captioning.TrainConfig(members=2)  # the generated scenes
+    with pytest.raises(runner.UsageError, match="--members 2"):
+        captioning.TrainConfig(data=str(tmp_path), backbone="mobilenet_v2", members=2,
+                               backbone_weights=str(mobilenet_file), decoder="transformer")
 
 
 def test_self_critical_on_a_scene_run_is_a_usage_error(trained, capsys):
