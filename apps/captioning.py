@@ -129,6 +129,8 @@ class TrainConfig(runner.TrainingConfig):
     self_critical_learning_rate: float = critic.LEARNING_RATE
     self_critical_reward: str = critic.REWARD
     members: int = 1  # photos: an ensemble of this many attention LSTMs
+    fine_tune_encoder: bool = False  # photos: then MobileNetV2's top blocks train too
+    fine_tune_epochs: int = photo.FINE_TUNE_EPOCHS
     evaluate_after: bool = True
 
     def __post_init__(self):
@@ -151,6 +153,10 @@ class TrainConfig(runner.TrainingConfig):
             raise DataError(f"{self.backbone_weights}: no such weights file (--encoder-weights)")
         if self.members < 1:
             raise UsageError(f"--members {self.members}: at least 1")
+        if self.fine_tune_encoder and (self.backbone != PHOTO_ENCODER
+                                       or self.self_critical_epochs):
+            raise UsageError(f"--fine-tune-encoder: for photos (--encoder {PHOTO_ENCODER}),"
+                             " without self-critical epochs (their grids would be stale)")
         if self.members > 1 and (self.backbone != PHOTO_ENCODER or self.decoder != "attention"
                                  or self.self_critical_epochs):
             raise UsageError(f"--members {self.members}: an ensemble is of attention LSTMs on"
@@ -331,9 +337,12 @@ def train_photos(config: TrainConfig) -> dict:
     with run.strategy.scope():
         photo_model, grid_model = photo.build_photo_models(text.tokenizer.size, **settings,
                                                            weights=config.backbone_weights)
+    photos = {"train": dataset.train.images, "validation": dataset.validation.images}
     cache = photo_grid_cache(run.path, photo_model, config)
-    grids = region_grids.cached_grids(cache, {"train": dataset.train.images,
-                                              "validation": dataset.validation.images}, run.path)
+    grids = region_grids.cached_grids(cache, photos, run.path)
+    cut_grids = (region_grids.cached_grids(photo_grid_cache(run.path, photo_model, config,
+                                                            cut=True), photos, run.path)
+                 if config.fine_tune_encoder else None)
 
     def epoch_batches(epoch: int) -> tf.data.Dataset:
         return region_grids.grid_batches(grids["train"], text.blocks["train"],
@@ -351,8 +360,10 @@ def train_photos(config: TrainConfig) -> dict:
         if trained_before:  # a finished run trained again: its members start afresh too
             for folder in run.path.glob("member_*"):
                 shutil.rmtree(folder)
-        metrics = train_members(run, config, text, grids, photo_model, learning_rate)
-        metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"]))
+        metrics = train_members(run, config, text, grids, cut_grids, photo_model,
+                                learning_rate)
+        metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"],
+                                           cut_grids))
         return run.finish({**metrics, "train_images": len(dataset.train)})
     with run.strategy.scope():
         compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate,
@@ -372,31 +383,40 @@ def train_photos(config: TrainConfig) -> dict:
     if config.self_critical_epochs:
         metrics.update(self_critical_phase(run.path, config, text, grids, photo_model,
                                            grid_model, run.strategy))
-    metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"]))
+    if config.fine_tune_encoder:
+        metrics.update(fine_tune_phase(run.path, config, text, cut_grids, photo_model,
+                                       run.strategy))
+    metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"],
+                                       cut_grids))
     return run.finish(metrics)
 
 
 def train_members(run: runner.TrainingRun, config: TrainConfig,
-                  text: region_grids.PhotoCaptions, grids: dict, ensemble: keras.Model,
-                  learning_rate: float) -> dict:
+                  text: region_grids.PhotoCaptions, grids: dict, cut_grids: dict | None,
+                  ensemble: keras.Model, learning_rate: float) -> dict:
     """`--members N`: N attention LSTMs on the same cached grids, each trained as a lone one is
     (member k draws its weights and shuffles with seed + k; member 0 shuffles as a lone run
     does), in `<run>/member_<k>/` with its history and its best epoch by validation BLEU-4;
     then joined into `ensemble`, the run's best.keras, whose words are the mean of the
-    members' probabilities. A kill resumes inside the member it stopped in; a member with
-    done.json is not trained again."""
-    validation_batches = region_grids.grid_batches(grids["validation"],
-                                                   text.blocks["validation"], run.global_batch)
+    members' probabilities. With `cut_grids` (--fine-tune-encoder) the first member's
+    `fine_tune_phase` trains MobileNetV2's top, and the others train on the grids of that top.
+    A kill resumes inside the member it stopped in; a member with done.json is not trained
+    again."""
     started, scores, members = time.perf_counter(), [], []
     for k in range(config.members):
         folder = run.path / f"member_{k}"
         done = folder / "done.json"
+        if k == 1 and cut_grids is not None:  # the first member's fine-tuned top
+            grids = {split: photo.top_grids(members[0], cut).astype(region_grids.CACHE_DTYPE)
+                     for split, cut in cut_grids.items()}
+        validation_batches = region_grids.grid_batches(
+            grids["validation"], text.blocks["validation"], run.global_batch)
         if not done.is_file():
             resumed = runner.start_run(folder)
             keras.utils.set_random_seed(config.seed + k)
 
-            def epoch_batches(epoch: int, k=k) -> tf.data.Dataset:
-                return region_grids.grid_batches(grids["train"], text.blocks["train"],
+            def epoch_batches(epoch: int, k=k, train=grids["train"]) -> tf.data.Dataset:
+                return region_grids.grid_batches(train, text.blocks["train"],
                                                  run.global_batch, shuffle=True,
                                                  seed=config.seed + 1000 * k + epoch)
 
@@ -405,6 +425,9 @@ def train_members(run: runner.TrainingRun, config: TrainConfig,
                 member, grid_model = photo.build_photo_models(
                     text.tokenizer.size, **{**run.dir.config()["photo_settings"], "members": 1},
                     weights=config.backbone_weights)
+                if k and cut_grids is not None:  # the top its grids came through
+                    member.get_layer("encoder").backbone.set_weights(
+                        members[0].get_layer("encoder").backbone.get_weights())
                 compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate)
             selection = photo_training.ValidationBLEU(
                 member, photo.GridCaptioner(member, text.tokenizer, text.length + 1),
@@ -417,13 +440,17 @@ def train_members(run: runner.TrainingRun, config: TrainConfig,
                            folder, None, resumed=resumed is not None)],
                        backup_every=config.backup_every, jit=config.jit, verbose=config.verbose)
             runner.plot_history(folder)
+            if k == 0 and cut_grids is not None:
+                selection.best = fine_tune_phase(folder, config, text, cut_grids, member,
+                                                 run.strategy)["best_val_bleu4"]
             runner.write_json(done, {"val_bleu4": selection.best})
         scores.append(json.loads(done.read_text())["val_bleu4"])
         members.append(keras.saving.load_model(folder / "best.keras", compile=False))
     photo.join_members(ensemble, members).save(run.path / "best.keras")
     joined = photo_training.ValidationBLEU(
         ensemble, photo.GridCaptioner(ensemble, text.tokenizer, text.length + 1),
-        grids["validation"], text.references["validation"], run.path / "best.keras")
+        photo.top_grids(ensemble, cut_grids["validation"]) if cut_grids else grids["validation"],
+        text.references["validation"], run.path / "best.keras")
     score = joined.score()[0]
     print(f"ensemble of {config.members}: validation BLEU-4 {score:.2f} (members "
           + ", ".join(f"{s:.2f}" for s in scores) + ")", flush=True)
@@ -438,14 +465,19 @@ def photo_texts(dataset: caption_data.CaptionData, min_count: int
                                         "validation": dataset.validation.references}, min_count)
 
 
-def photo_grid_cache(run_dir: Path, photo_model: keras.Model, config: TrainConfig
-                     ) -> region_grids.RegionCache:
-    """The run's grid cache, keyed by what makes a grid: encoder, alpha, weights, size."""
+def photo_grid_cache(run_dir: Path, photo_model: keras.Model, config: TrainConfig,
+                     cut: bool = False) -> region_grids.RegionCache:
+    """The run's grid cache, keyed by what makes a grid: encoder, alpha, weights, size; with
+    `cut`, the cache of MobileNetV2's output below the blocks --fine-tune-encoder trains."""
     weights = config.backbone_weights
+    key = {"backbone": PHOTO_ENCODER, "alpha": config.encoder_alpha,
+           "weights": weights if weights == "imagenet" else region_grids.file_digest(weights)}
+    if cut:
+        return region_grids.RegionCache(
+            run_dir / "cut_grids", tf.function(photo.cut_grid_fn(photo_model)),
+            {**key, "cut": photo.FINE_TUNE_CUT}, config.image_size)
     return region_grids.RegionCache(
-        run_dir / "region_grids", tf.function(photo_model.get_layer("encoder").grid),
-        {"backbone": PHOTO_ENCODER, "alpha": config.encoder_alpha,
-         "weights": weights if weights == "imagenet" else region_grids.file_digest(weights)},
+        run_dir / "region_grids", tf.function(photo_model.get_layer("encoder").grid), key,
         config.image_size)
 
 
@@ -475,16 +507,7 @@ def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.P
         photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
         grids["validation"], text.references["validation"], Path(run_dir) / "best.keras",
         decodings=photo_training.SELF_CRITICAL_SELECTION)
-    # What the epochs must beat: the starting model scored as they are (kept in start.json, so
-    # that a resumed phase compares against the same figure).
-    start = folder / "start.json"
-    if resumed and start.is_file():
-        selection.best = max(json.loads(start.read_text())["val_bleu4"],
-                             runner.best_so_far(folder, "val_bleu4") or 0.0)
-    else:
-        selection.best = selection.score()[0]
-        runner.write_json(start, {"val_bleu4": selection.best})
-    starting = selection.best
+    starting = starting_score(folder, selection, resumed)
     started = time.perf_counter()
     runner.fit(trainer, epoch_batches, config.self_critical_epochs, folder,
                steps_per_epoch=int(epoch_batches(0).cardinality()),
@@ -496,11 +519,70 @@ def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.P
             "self_critical_start_val_bleu4": starting, "best_val_bleu4": selection.best}
 
 
+def fine_tune_phase(run_dir: Path, config: TrainConfig, text: region_grids.PhotoCaptions,
+                    cut_grids: dict, photo_model: keras.Model, strategy) -> dict:
+    """`--fine-tune-encoder`, once the decoder has converged: MobileNetV2's top blocks train
+    with the head and decoder (`photo.build_fine_tune_model`) for `config.fine_tune_epochs` at
+    FINE_TUNE_LEARNING_RATE, from `run_dir`'s best.keras, in `<run_dir>/fine_tune` (its
+    history and backup). Training reads the photos' cached outputs below those blocks, and
+    validation recomputes its grids through them at every epoch. best.keras is replaced only
+    by an epoch whose validation BLEU-4 beats the model it started from."""
+    folder = Path(run_dir) / "fine_tune"
+    resumed = runner.start_run(folder)
+    with strategy.scope():
+        photo_model.load_weights(Path(run_dir) / "best.keras")
+        trainer = photo.build_fine_tune_model(photo_model, text.per_photo, text.length + 1)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:
+        return region_grids.grid_batches(cut_grids["train"], text.blocks["train"], global_batch,
+                                         shuffle=True, seed=config.seed + 2000 + epoch)
+
+    steps_per_epoch = int(epoch_batches(0).cardinality())
+    with strategy.scope():
+        compile_model(trainer, config.fine_tune_epochs * steps_per_epoch,
+                      runner.scaled_learning_rate(photo.FINE_TUNE_LEARNING_RATE, strategy))
+    selection = photo_training.ValidationBLEU(
+        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
+        lambda: photo.top_grids(photo_model, cut_grids["validation"]),
+        text.references["validation"], Path(run_dir) / "best.keras")
+    starting = starting_score(folder, selection, resumed)
+    started = time.perf_counter()
+    runner.fit(trainer, epoch_batches, config.fine_tune_epochs, folder,
+               steps_per_epoch=steps_per_epoch,
+               callbacks=[selection, keras.callbacks.CSVLogger(str(folder / "history.csv"),
+                                                               append=True)],
+               backup_every=config.backup_every, verbose=config.verbose)
+    photo_model.load_weights(Path(run_dir) / "best.keras")  # not the last epoch's weights
+    return {"fine_tune_epochs": config.fine_tune_epochs,
+            "fine_tune_seconds": round(time.perf_counter() - started, 1),
+            "fine_tune_start_val_bleu4": starting, "best_val_bleu4": selection.best}
+
+
+def starting_score(folder: Path, selection: photo_training.ValidationBLEU,
+                   resumed) -> float:
+    """What a phase's epochs must beat: the model it starts from, scored as they are, kept in
+    `folder`/start.json so that a resumed phase compares against the same figure (and against
+    its own epochs before the kill). Sets `selection.best`; returns the starting score."""
+    start = folder / "start.json"
+    if resumed and start.is_file():
+        selection.best = max(json.loads(start.read_text())["val_bleu4"],
+                             runner.best_so_far(folder, "val_bleu4") or 0.0)
+        return json.loads(start.read_text())["val_bleu4"]
+    selection.best = selection.score()[0]
+    runner.write_json(start, {"val_bleu4": selection.best})
+    return selection.best
+
+
 def choose_and_evaluate(run_dir: Path, config: TrainConfig, dataset: caption_data.CaptionData,
-                        text: region_grids.PhotoCaptions, validation_grids) -> dict:
+                        text: region_grids.PhotoCaptions, validation_grids,
+                        cut_grids: dict | None = None) -> dict:
     """The run's best.keras: beam width and length penalty chosen on validation
-    (decoding.json), then, unless `evaluate_after` is off, the test figures."""
+    (decoding.json), then, unless `evaluate_after` is off, the test figures. With `cut_grids`
+    (a fine-tuned encoder) the validation grids are recomputed through the model's own top."""
     best = load_captioner(run_dir)
+    if cut_grids is not None:
+        validation_grids = photo.top_grids(best.model, cut_grids["validation"])
     decoding = photo_training.choose_decoding(
         photo.GridCaptioner(best.model, text.tokenizer, text.length + 1), validation_grids,
         text.references["validation"])
@@ -912,6 +994,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                    " on the same cached grids with seeds seed..seed+N-1 and"
                                    " caption with their mean word probabilities (an ensemble;"
                                    " N times the training) (default: %(default)s)")
+    train_parser.add_argument("--fine-tune-encoder", action="store_true",
+                              help="photos: once the decoder has converged, train"
+                                   " MobileNetV2's top blocks (block_16, Conv_1) with it, over"
+                                   " a cache of the layer below them; kept only if validation"
+                                   " BLEU-4 improves")
+    train_parser.add_argument("--fine-tune-epochs", type=int, default=photo.FINE_TUNE_EPOCHS,
+                              metavar="N", help="epochs of it (default: %(default)s)")
     train_parser.add_argument("--self-critical-epochs", type=int, default=0, metavar="N",
                               help="photos: then N epochs of self-critical training on the"
                                    " captions' CIDEr-D (default: %(default)s)")

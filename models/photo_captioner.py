@@ -73,6 +73,12 @@ D_MODEL = 256  # the regions are projected to this too
 TRANSFORMER_FF = 1024
 TRANSFORMER_DROPOUT = 0.1
 LABEL_SMOOTHING = 0.1  # Vaswani et al.'s; the LSTM trains without
+# --fine-tune-encoder: MobileNetV2 above this layer (block_16 and Conv_1) trains with the decoder,
+# over a cache of this layer's output ([7, 7, 160] a photo, float16), for a few epochs at a
+# rate below the decoder's own.
+FINE_TUNE_CUT = "block_15_add"
+FINE_TUNE_EPOCHS = 3
+FINE_TUNE_LEARNING_RATE = 3e-4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,9 +442,11 @@ class EnsembleDecoder(keras.layers.Layer):
 
 def join_members(ensemble: keras.Model, members: list[keras.Model]) -> keras.Model:
     """Copies each trained member photo model's head and decoder into its place in `ensemble`
-    (`build_photo_models(members=N)`'s photo model, whose backbone already holds the same
-    pretrained weights as theirs)."""
+    (`build_photo_models(members=N)`'s photo model), and the first member's MobileNetV2, which
+    every member read its grids through (its top fine-tuned with it, or as pretrained)."""
     head, decoder = ensemble.get_layer("encoder").head, ensemble.get_layer("decoder")
+    ensemble.get_layer("encoder").backbone.set_weights(
+        members[0].get_layer("encoder").backbone.get_weights())
     for k, member in enumerate(members):
         head.heads[k].set_weights(member.get_layer("encoder").head.get_weights())
         decoder.decoders[k].set_weights(member.get_layer("decoder").get_weights())
@@ -499,17 +507,91 @@ def build_photo_models(vocab_size: int, alpha: float, captions_per_photo: int,
                           name="regions")
     captions_in = keras.Input((captions_per_photo, caption_length), dtype="int32",
                               name="captions_in")
-    memory, mask, state = encoder.head(regions)
-    captions = ops.reshape(captions_in, (-1, caption_length))
-    if transformer:  # repeats the regions' keys and values itself, once they are computed
-        logits = decoder(captions, memory, mask, per_memory=captions_per_photo)
-    else:
-        def per_caption(x):  # [b, ...] -> [b * K, ...]
-            return ops.repeat(x, captions_per_photo, axis=0)
-
-        logits = decoder(captions, per_caption(memory), per_caption(mask),
-                         [per_caption(s) for s in state])
+    logits = caption_logits(photo_model, regions, captions_in)
     return photo_model, keras.Model([regions, captions_in], logits, name="grid_captioner")
+
+
+def caption_logits(photo_model: keras.Model, regions, captions_in):
+    """regions [b, R, C] with each photo's K captions_in [b, K, L] -> logits [b*K, L, V]
+    through the photo model's head and decoder (rows b*K + k)."""
+    encoder, decoder = photo_model.get_layer("encoder"), photo_model.get_layer("decoder")
+    per_photo, length = captions_in.shape[1], captions_in.shape[2]
+    memory, mask, state = encoder.head(regions)
+    captions = ops.reshape(captions_in, (-1, length))
+    if encoder.decoder == "transformer":  # repeats the regions' keys and values itself
+        return decoder(captions, memory, mask, per_memory=per_photo)
+
+    def per_caption(x):  # [b, ...] -> [b * K, ...]
+        return ops.repeat(x, per_photo, axis=0)
+
+    return decoder(captions, per_caption(memory), per_caption(mask),
+                   [per_caption(s) for s in state])
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning the encoder's top: trained over a cache of what lies below it
+# ---------------------------------------------------------------------------------------------
+
+
+def backbone_parts(photo_model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(bottom: preprocessed photo -> [b, S/32, S/32, 160] at FINE_TUNE_CUT, top: that ->
+    [b, S/32, S/32, 1280]), sub-models that share the photo model's MobileNetV2 layers."""
+    backbone = photo_model.get_layer("encoder").backbone
+    cut = backbone.get_layer(FINE_TUNE_CUT).output
+    return (keras.Model(backbone.input, cut, name="bottom"),
+            keras.Model(cut, backbone.output, name="top"))
+
+
+def cut_grid_fn(photo_model: keras.Model):
+    """uint8 photos [b, S, S, 3] -> [b, R, 160]: what the fine-tuning cache holds of a photo."""
+    bottom, _ = backbone_parts(photo_model)
+
+    def cut_grid(images):
+        x = keras.applications.mobilenet_v2.preprocess_input(ops.cast(images, "float32"))
+        features = bottom(x, training=False)
+        return ops.reshape(features, (ops.shape(features)[0], -1, features.shape[-1]))
+
+    return cut_grid
+
+
+def _through_top(top: keras.Model, cut_regions):
+    """[b, R, 160] -> [b, R, 1280]."""
+    side = top.input.shape[1]
+    features = top(ops.reshape(ops.cast(cut_regions, "float32"),
+                               (-1, side, side, top.input.shape[-1])))
+    return ops.reshape(features, (-1, side * side, features.shape[-1]))
+
+
+def build_fine_tune_model(photo_model: keras.Model, captions_per_photo: int,
+                          caption_length: int) -> keras.Model:
+    """(cut regions float16 [b, R, 160], captions_in [b, K, L]) -> logits [b*K, L, V]: the grid
+    model with MobileNetV2's top blocks in front of the head. Their convolutions train (0.88 M
+    weights at alpha 1.0); their batch norms stay frozen (Keras runs a non-trainable
+    BatchNormalization in inference mode), as photo batches of one run are too few to
+    re-estimate ImageNet's statistics."""
+    backbone = photo_model.get_layer("encoder").backbone
+    _, top = backbone_parts(photo_model)
+    backbone.trainable = True
+    trained = {id(layer) for layer in top.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))}
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in trained
+    regions = keras.Input((top.input.shape[1] ** 2, top.input.shape[-1]), dtype="float16",
+                          name="cut_regions")
+    captions_in = keras.Input((captions_per_photo, caption_length), dtype="int32",
+                              name="captions_in")
+    logits = caption_logits(photo_model, _through_top(top, regions), captions_in)
+    return keras.Model([regions, captions_in], logits, name="fine_tune_captioner")
+
+
+def top_grids(photo_model: keras.Model, cut_regions: np.ndarray, batch_size: int = 250
+              ) -> np.ndarray:
+    """Cached cut regions [n, R, 160] -> float32 grids [n, R, 1280] through the photo model's
+    (fine-tuned) top: what its head reads of those photos."""
+    _, top = backbone_parts(photo_model)
+    through = tf.function(lambda x: _through_top(top, x))
+    return np.concatenate([through(tf.constant(cut_regions[i : i + batch_size])).numpy()
+                           for i in range(0, len(cut_regions), batch_size)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,21 +40,24 @@ class ValidationBLEU(keras.callbacks.Callback):
     """After each epoch: BLEU-4 of the validation photos' beam-search captions from their cached
     grids, into the logs as `val_bleu4` (history.csv has it); the photo model is saved as
     best.keras when it beats every epoch before (those before a kill included: `best`).
-    `decodings`: (beam width, length penalty) pairs; an epoch scores the best of them."""
+    `decodings`: (beam width, length penalty) pairs; an epoch scores the best of them.
+    `grids`: the validation grids, or a function that computes them afresh (a fine-tuned
+    encoder changes them at every epoch)."""
 
-    def __init__(self, photo_model, captioner: GridCaptioner, grids: np.ndarray,
-                 references: list[list[str]], path: Path, best: float | None = None,
-                 decodings=((SELECTION_BEAM, 0.0),)):
+    def __init__(self, photo_model, captioner: GridCaptioner, grids, references: list[list[str]],
+                 path: Path, best: float | None = None, decodings=((SELECTION_BEAM, 0.0),)):
         super().__init__()
         self.photo_model, self.captioner = photo_model, captioner
-        self.grids, self.references = np.asarray(grids, np.float32), references
+        self.grids = grids if callable(grids) else np.asarray(grids, np.float32)
+        self.references = references
         self.path, self.best, self.decodings = Path(path), best, tuple(decodings)
 
     def score(self) -> tuple[float, str]:
         """The best validation BLEU-4 over `decodings`, and that decoding's first caption."""
         tries = []
+        grids = self.grids() if callable(self.grids) else self.grids
         for width, alpha in self.decodings:
-            captions = self.captioner.captions(self.grids, width, alpha)
+            captions = self.captioner.captions(grids, width, alpha)
             tries.append((bleu(captions, self.references)["bleu4"], captions[0]))
         return max(tries)
 

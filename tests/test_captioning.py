@@ -587,12 +587,47 @@ def test_an_ensemble_word_is_the_mean_of_its_members_probabilities(tmp_path):
     np.testing.assert_allclose(joined["scores"], alone["scores"], atol=1e-4)
 
 
+def test_fine_tuning_trains_the_top_convolutions_over_the_cut_cache(mobilenet_file):
+    from models import photo_captioner as photo
+
+    photo_model, _ = photo.build_photo_models(
+        20, alpha=0.35, captions_per_photo=2, caption_length=5, image_size=PHOTO_SIZE,
+        units=16, embedding_dim=8, weights=str(mobilenet_file))
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 255, (4, PHOTO_SIZE, PHOTO_SIZE, 3), np.uint8)
+    cut = np.asarray(photo.cut_grid_fn(photo_model)(images))  # [4, R, 160]
+
+    def assert_the_top_over_the_cut_is_the_backbone():
+        whole = photo.photo_grids(photo_model, images)
+        # the untrained fixture backbone's features are tiny: tolerances on their scale
+        np.testing.assert_allclose(photo.top_grids(photo_model, cut), whole, rtol=1e-4,
+                                   atol=1e-4 * np.abs(whole).max())
+
+    assert_the_top_over_the_cut_is_the_backbone()
+    trainer = photo.build_fine_tune_model(photo_model, 2, 5)
+    backbone = photo_model.get_layer("encoder").backbone
+    trained = {w.path for w in trainer.trainable_weights} & {w.path for w in backbone.weights}
+    assert trained == {"block_16_expand/kernel", "block_16_depthwise/kernel",
+                       "block_16_project/kernel", "Conv_1/kernel"}
+    frozen = {w.path: w.numpy().copy() for w in backbone.weights}
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    captions = rng.integers(4, 20, (4, 2, 5))
+    regions = rng.normal(0, 1, cut.shape).astype(np.float16)  # cut grids of a real photo's scale
+    trainer.fit(tf.data.Dataset.from_tensors(((regions, captions), captions.reshape(8, 5))),
+                epochs=2, verbose=0)  # targets: rows b*K + k
+    moved = {w.path for w in backbone.weights if not np.array_equal(w.numpy(), frozen[w.path])}
+    assert moved == trained  # the convolutions, not a batch norm's statistics or anything below
+    assert_the_top_over_the_cut_is_the_backbone()  # the photo model reads through the new top
+
+
 @pytest.fixture(scope="module")
 def ensemble_run(photo_run, mobilenet_file, tmp_path_factory):
     folder, _, _ = photo_run
     config = dict(data=str(folder), backbone="mobilenet_v2", epochs=2,
                   run_dir=tmp_path_factory.mktemp("ensemble") / "run",
-                  backbone_weights=str(mobilenet_file), members=2, **PHOTO_OPTIONS)
+                  backbone_weights=str(mobilenet_file), members=2, fine_tune_encoder=True,
+                  fine_tune_epochs=2, **PHOTO_OPTIONS)
     return config, captioning.train(captioning.TrainConfig(**config))
 
 
@@ -611,6 +646,17 @@ def test_members_train_apart_on_the_grids_and_caption_together(ensemble_run):
     assert not np.allclose(first, second)  # each member its own seed
     assert (run_dir / "decoding.json").is_file() and metrics["test_images"] == 4
     assert 0 <= metrics["bleu4"] <= 100
+    # --fine-tune-encoder: the first member fine-tuned MobileNetV2's top (its phase kept the
+    # best epoch only if it beat the start); the ensemble reads photos through that top
+    fine_tune = runner.read_history(run_dir / "member_0" / "fine_tune")
+    start = json.loads((run_dir / "member_0" / "fine_tune" / "start.json").read_text())
+    assert len(fine_tune["val_bleu4"]) == 2
+    assert metrics["member_val_bleu4"][0] == max([start["val_bleu4"], *fine_tune["val_bleu4"]])
+    assert not (run_dir / "member_1" / "fine_tune").exists()
+    first = keras.saving.load_model(run_dir / "member_0" / "best.keras")
+    for joined, alone in zip(model.get_layer("encoder").backbone.weights,
+                             first.get_layer("encoder").backbone.weights):
+        np.testing.assert_array_equal(joined.numpy(), alone.numpy())
 
     # A finished member is not trained again when the run is resumed after a kill
     member_0 = (run_dir / "member_0" / "best.keras").stat().st_mtime_ns
@@ -636,6 +682,15 @@ def test_an_ensemble_exports_like_one_lstm(ensemble_run, tmp_path):
         [photo], config["run_dir"])
     # The decoder file carries both members' stacked states: the same greedy tokens as Keras
     assert report["float32"]["same_tokens_as_keras_greedy"] == 1.0
+
+
+def test_fine_tuning_is_for_photos_without_self_critical_epochs(mobilenet_file, tmp_path):
+    with pytest.raises(runner.UsageError, match="--fine-tune-encoder"):
+        captioning.TrainConfig(fine_tune_encoder=True)
+    with pytest.raises(runner.UsageError, match="--fine-tune-encoder"):
+        captioning.TrainConfig(data=str(tmp_path), backbone="mobilenet_v2",
+                               backbone_weights=str(mobilenet_file), fine_tune_encoder=True,
+                               self_critical_epochs=1)
 
 
 def test_members_are_for_photo_lstms(mobilenet_file, tmp_path):
