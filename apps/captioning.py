@@ -454,9 +454,12 @@ def train_members(run: runner.TrainingRun, config: TrainConfig,
     score = joined.score()[0]
     print(f"ensemble of {config.members}: validation BLEU-4 {score:.2f} (members "
           + ", ".join(f"{s:.2f}" for s in scores) + ")", flush=True)
+    tuned = run.path / "member_0" / "fine_tune" / "start.json"
     return {"training_seconds": round(time.perf_counter() - started, 1),
             "epochs": config.epochs, "members": config.members, "member_val_bleu4": scores,
-            "best_val_bleu4": score}
+            "best_val_bleu4": score,
+            **({"fine_tune_start_val_bleu4": json.loads(tuned.read_text())["val_bleu4"],
+                "fine_tuned_val_bleu4": scores[0]} if cut_grids is not None else {})}
 
 
 def photo_texts(dataset: caption_data.CaptionData, min_count: int
@@ -556,7 +559,8 @@ def fine_tune_phase(run_dir: Path, config: TrainConfig, text: region_grids.Photo
     photo_model.load_weights(Path(run_dir) / "best.keras")  # not the last epoch's weights
     return {"fine_tune_epochs": config.fine_tune_epochs,
             "fine_tune_seconds": round(time.perf_counter() - started, 1),
-            "fine_tune_start_val_bleu4": starting, "best_val_bleu4": selection.best}
+            "fine_tune_start_val_bleu4": starting, "fine_tuned_val_bleu4": selection.best,
+            "best_val_bleu4": selection.best}
 
 
 def starting_score(folder: Path, selection: photo_training.ValidationBLEU,

@@ -100,6 +100,11 @@ def train_photos(data: str, weights: str, run_dir: Path, **options) -> dict:
     figures = captioning.evaluate(run_dir)
     return {"decoder": config.decoder, "alpha": config.encoder_alpha, "epochs": config.epochs,
             "members": config.members,
+            "fine-tune epochs": config.fine_tune_epochs if config.fine_tune_encoder else 0,
+            "fine-tune start / best val BLEU-4": (
+                f"{metrics['fine_tune_start_val_bleu4']:.2f} /"
+                f" {metrics['fine_tuned_val_bleu4']:.2f}"
+                if "fine_tune_start_val_bleu4" in metrics else None),
             "self-critical epochs": config.self_critical_epochs,
             **{f"BLEU-{n}": round(figures[f"bleu{n}"], 1) for n in range(1, 5)},
             "CIDEr-D": round(100 * figures["cider_d"], 1),
@@ -162,11 +167,15 @@ def flickr8k(args) -> dict:
             name = Path(weights).name.split("_224")[0]
             name += "" if decoder == "attention" else f"-{decoder}"
             name += f"-x{args.members}" if args.members > 1 and decoder == "attention" else ""
+            name += "-fine-tuned" if args.fine_tune_encoder else ""
             run_dir = workdir / name
             if "train" in args.stages:
                 options = {"decoder": decoder,
                            "self_critical_epochs": args.self_critical_epochs,
                            "members": args.members if decoder == "attention" else 1,
+                           "fine_tune_encoder": args.fine_tune_encoder,
+                           **({"fine_tune_epochs": args.fine_tune_epochs}
+                              if args.fine_tune_epochs else {}),
                            **({"epochs": args.epochs} if args.epochs else {})}
                 rows.append(train_photos(args.flickr8k, weights, run_dir, **options))
                 print(json.dumps(rows[-1]), flush=True)
@@ -208,6 +217,10 @@ def main(argv=None) -> dict:
                              " %(default)s)")
     parser.add_argument("--members", type=int, default=1, metavar="N",
                         help="photos: an ensemble of N attention LSTMs (default: %(default)s)")
+    parser.add_argument("--fine-tune-encoder", action="store_true",
+                        help="photos: then MobileNetV2's top blocks train too")
+    parser.add_argument("--fine-tune-epochs", type=int, metavar="N",
+                        help="epochs of it (default: apps.captioning's)")
     parser.add_argument("--stages", nargs="+", choices=("train", "lite"),
                         default=["train", "lite"])
     args = parser.parse_args(argv)
