@@ -409,18 +409,8 @@ def train_members(run: runner.TrainingRun, config: TrainConfig,
         if k == 1 and cut_grids is not None:  # the first member's fine-tuned top
             grids = {split: photo.top_grids(members[0], cut).astype(region_grids.CACHE_DTYPE)
                      for split, cut in cut_grids.items()}
-        validation_batches = region_grids.grid_batches(
-            grids["validation"], text.blocks["validation"], run.global_batch)
         if not done.is_file():
-            resumed = runner.start_run(folder)
             keras.utils.set_random_seed(config.seed + k)
-
-            def epoch_batches(epoch: int, k=k, train=grids["train"]) -> tf.data.Dataset:
-                return region_grids.grid_batches(train, text.blocks["train"],
-                                                 run.global_batch, shuffle=True,
-                                                 seed=config.seed + 1000 * k + epoch)
-
-            steps_per_epoch = int(epoch_batches(0).cardinality())
             with run.strategy.scope():
                 member, grid_model = photo.build_photo_models(
                     text.tokenizer.size, **{**run.dir.config()["photo_settings"], "members": 1},
@@ -428,22 +418,18 @@ def train_members(run: runner.TrainingRun, config: TrainConfig,
                 if k and cut_grids is not None:  # the top its grids came through
                     member.get_layer("encoder").backbone.set_weights(
                         members[0].get_layer("encoder").backbone.get_weights())
-                compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate)
-            selection = photo_training.ValidationBLEU(
-                member, photo.GridCaptioner(member, text.tokenizer, text.length + 1),
-                grids["validation"], text.references["validation"], folder / "best.keras",
-                best=runner.best_so_far(folder, "val_bleu4") if resumed else None)
-            print(f"member {k + 1} of {config.members}", flush=True)
-            runner.fit(grid_model, epoch_batches, config.epochs, folder,
-                       steps_per_epoch=steps_per_epoch, validation_data=validation_batches,
-                       callbacks=[selection, *runner.training_callbacks(
-                           folder, None, resumed=resumed is not None)],
-                       backup_every=config.backup_every, jit=config.jit, verbose=config.verbose)
-            runner.plot_history(folder)
+            # Cross-entropy, then (the first member, with --fine-tune-encoder) the top: a kill
+            # in the second phase resumes there, not in a retrained first one.
+            trained = folder / "cross_entropy.json"
+            if not trained.is_file():
+                runner.write_json(trained, {"val_bleu4": train_member(
+                    member, grid_model, folder, k, config, text, grids, learning_rate,
+                    run.global_batch)})
+            best = json.loads(trained.read_text())["val_bleu4"]
             if k == 0 and cut_grids is not None:
-                selection.best = fine_tune_phase(folder, config, text, cut_grids, member,
-                                                 run.strategy)["best_val_bleu4"]
-            runner.write_json(done, {"val_bleu4": selection.best})
+                best = fine_tune_phase(folder, config, text, cut_grids, member,
+                                       run.strategy)["best_val_bleu4"]
+            runner.write_json(done, {"val_bleu4": best})
         scores.append(json.loads(done.read_text())["val_bleu4"])
         members.append(keras.saving.load_model(folder / "best.keras", compile=False))
     photo.join_members(ensemble, members).save(run.path / "best.keras")
@@ -460,6 +446,36 @@ def train_members(run: runner.TrainingRun, config: TrainConfig,
             "best_val_bleu4": score,
             **({"fine_tune_start_val_bleu4": json.loads(tuned.read_text())["val_bleu4"],
                 "fine_tuned_val_bleu4": scores[0]} if cut_grids is not None else {})}
+
+
+def train_member(member: keras.Model, grid_model: keras.Model, folder: Path, k: int,
+                 config: TrainConfig, text: region_grids.PhotoCaptions, grids: dict,
+                 learning_rate: float, global_batch: int) -> float:
+    """Member k's cross-entropy epochs in `folder` (resumable), its best epoch by validation
+    BLEU-4 saved as `folder`/best.keras; returns that BLEU-4."""
+    resumed = runner.start_run(folder)
+
+    def epoch_batches(epoch: int) -> tf.data.Dataset:
+        return region_grids.grid_batches(grids["train"], text.blocks["train"], global_batch,
+                                         shuffle=True, seed=config.seed + 1000 * k + epoch)
+
+    steps_per_epoch = int(epoch_batches(0).cardinality())
+    with grid_model.distribute_strategy.scope():
+        compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate)
+    selection = photo_training.ValidationBLEU(
+        member, photo.GridCaptioner(member, text.tokenizer, text.length + 1),
+        grids["validation"], text.references["validation"], folder / "best.keras",
+        best=runner.best_so_far(folder, "val_bleu4") if resumed else None)
+    print(f"member {k + 1} of {config.members}", flush=True)
+    runner.fit(grid_model, epoch_batches, config.epochs, folder,
+               steps_per_epoch=steps_per_epoch,
+               validation_data=region_grids.grid_batches(
+                   grids["validation"], text.blocks["validation"], global_batch),
+               callbacks=[selection, *runner.training_callbacks(
+                   folder, None, resumed=resumed is not None)],
+               backup_every=config.backup_every, jit=config.jit, verbose=config.verbose)
+    runner.plot_history(folder)
+    return selection.best
 
 
 def photo_texts(dataset: caption_data.CaptionData, min_count: int
