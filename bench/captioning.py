@@ -7,6 +7,8 @@ loader on a fixture with the real file layout. With --flickr8k: real photos.
     python -m bench.captioning --flickr8k ../shared/data/flickr8k \
         --weights ../shared/data/imagenet-weights/mobilenet_v2_{1.0,0.35}_224_no_top.weights.h5
     python -m bench.captioning --flickr8k ... --weights ... --decoders transformer --epochs 8
+    python -m bench.captioning --flickr8k ... --weights ... --members 3 --epochs 7 \
+        --fine-tune-encoder --fine-tune-epochs 2     # an ensemble, MobileNetV2's top trained
 
 Flickr8k: for each MobileNetV2 weights file, `train --encoder mobilenet_v2` (grids cached,
 best epoch by validation BLEU-4, beam and length penalty chosen on validation), BLEU-1..4 on the
