@@ -20,7 +20,10 @@ MobileNetV2 (frozen, its 7x7 grids computed once per run and cached on disk in f
 `pipelines/region_grids.py`) under an attention LSTM with Xu et al.'s gate and doubly stochastic
 attention, or with `--decoder transformer` the Transformer decoder of `layers/transformer.py`
 cross-attending to the 49 regions; the best epoch is chosen by validation BLEU-4 and the beam
-width and length penalty on validation too (`models/photo_training.py`).
+width and length penalty on validation too (`models/photo_training.py`). What photo runs do in
+training and export beyond the scenes (the grid cache, `--members`, `--fine-tune-encoder`,
+self-critical epochs, the int8 encoder) is in `apps/captioning_photos.py`; this file opens the
+run, loads the data, and evaluates.
 
 Quality is corpus BLEU-1..4 with sacreBLEU against all references of each held-out image
 (multi-reference BLEU: an n-gram counts when any reference has it, clipped by the reference that
@@ -33,11 +36,8 @@ takes encoded image bytes and returns the caption, and `.tflite` files with an `
 
 import argparse
 import dataclasses
-import json
-import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +45,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from apps import runner
+from apps import captioning_photos, runner
 from apps.runner import UsageError
 from models import photo_captioner as photo
-from models import photo_training
 from models import self_critical as critic
 from models.captioner import (
     ALPHA,
@@ -58,16 +57,12 @@ from models.captioner import (
     EMBEDDING_DIM,
     UNITS,
     Captioner,
+    attention_sheet,
     build_model,
     lite_archive,
     serving_archive,
 )
-from models.sequence_training import (
-    MaskedAccuracy,
-    MaskedCrossEntropy,
-    in_float32,
-    warmup_cosine_adam,
-)
+from models.sequence_training import compile_teacher_forced
 from pipelines import DataError, region_grids, shape_scenes, text_pairs
 from pipelines import captions as caption_data
 from pipelines.captions import bleu_scores, most_frequent_caption
@@ -82,18 +77,13 @@ EPOCHS = 8
 BATCH_SIZE = 64  # per replica
 QUICK = {"scenes": 4000, "epochs": 6}  # `train --quick`, what `make demo` trains
 LEARNING_RATE = 3e-3  # Adam, cosine decay after a short warm-up
-WARMUP_SHARE = 0.05
-CLIP_NORM = 1.0
 MAX_TOKENS = 8000
 MAX_CAPTION_TOKENS = 30  # longer training captions are cut (real captions run long)
 EXAMPLES = 8
+SHEET_IMAGES = 4  # held-out images in attention.png
 SEED = 42
 MODEL_BASE = Path("saved_models")
 SELF_CRITICAL_EPOCHS = 3  # `self-critical`'s default
-# --encoder mobilenet_v2 on photos: the defaults of the options left as they are; a batch is 32
-# photos, each with all of its (5) captions.
-PHOTO = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "units": 512,
-         "embedding_dim": 256, "image_size": 224}
 SCENE = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
          "units": UNITS, "embedding_dim": EMBEDDING_DIM, "image_size": IMAGE_SIZE}
 # DECODERS caption the scenes (models/captioner.py), PHOTO_DECODERS the photos: --decoder
@@ -110,7 +100,7 @@ class TrainConfig(runner.TrainingConfig):
     (--encoder-weights); `evaluate_after`: BLEU on the held-out split once trained."""
 
     data: str = DEFAULT_DATA
-    # None: SCENE's value on the generated scenes, PHOTO's with --encoder mobilenet_v2
+    # None: SCENE's value on the generated scenes, captioning_photos.DEFAULTS' on photos
     epochs: int | None = None
     batch_size: int | None = None
     seed: int = SEED
@@ -141,7 +131,12 @@ class TrainConfig(runner.TrainingConfig):
             if self.decoder not in PHOTO_DECODERS:
                 raise UsageError(f"--decoder {self.decoder}: with --encoder {PHOTO_ENCODER}"
                                  f" choose from {', '.join(PHOTO_DECODERS)}")
-            self._photo_defaults()
+            if self.data == DEFAULT_DATA:
+                raise UsageError(f"--encoder {PHOTO_ENCODER} captions photos: --data names a"
+                                 " Flickr8k folder or a COCO captions JSON")
+            self._fill_defaults(captioning_photos.DEFAULTS)
+            self.encoder_alpha = captioning_photos.encoder_alpha(self.backbone_weights,
+                                                                 self.encoder_alpha)
         elif self.decoder not in DECODERS:
             raise UsageError(f"--decoder {self.decoder} captions photos only: add --encoder"
                              f" {PHOTO_ENCODER} (with --data and --encoder-weights)")
@@ -167,21 +162,6 @@ class TrainConfig(runner.TrainingConfig):
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-
-    def _photo_defaults(self):
-        """--encoder mobilenet_v2: photos, PHOTO's defaults, the weights file checked (alpha)."""
-        if self.data == DEFAULT_DATA:
-            raise UsageError(f"--encoder {PHOTO_ENCODER} captions photos: --data names a"
-                             " Flickr8k folder or a COCO captions JSON")
-        self._fill_defaults(PHOTO)
-        if not self.backbone_weights:
-            raise UsageError(f"--encoder {PHOTO_ENCODER} needs --encoder-weights: a local"
-                             " .weights.h5 file, or imagenet (downloads)")
-        if self.backbone_weights == "imagenet":
-            self.encoder_alpha = self.encoder_alpha or 1.0
-        else:
-            self.encoder_alpha = photo.check_backbone_weights(self.backbone_weights,
-                                                        self.encoder_alpha)
 
 
 def default_run_dir(data: str = DEFAULT_DATA, decoder: str = DECODER) -> Path:
@@ -209,56 +189,6 @@ def load_data(data: str = DEFAULT_DATA, scenes: int = SCENES, objects: int | Non
     return caption_data.load(data)
 
 
-def caption_pairs(split: caption_data.Split, every_reference: bool
-                  ) -> tuple[list[int], list[str]]:
-    """(image index, caption) training pairs: every reference, or only the first (the scenes'
-    canonical phrasing; the others stay references for BLEU)."""
-    pairs = [(i, refs[j]) for i, refs in enumerate(split.references)
-             for j in range(len(refs) if every_reference else 1)]
-    return [i for i, _ in pairs], [c for _, c in pairs]
-
-
-def build_tokenizer(captions: list[str], max_tokens: int = MAX_TOKENS) -> text_pairs.Tokenizer:
-    standardized = [s.decode() for s in
-                    text_pairs.standardize(tf.constant(captions), lowercase=True).numpy().tolist()]
-    vocabulary = text_pairs.adapt_vocabulary(standardized, "word", max_tokens, special=True)
-    return text_pairs.Tokenizer(vocabulary, "word", lowercase=True)
-
-
-def caption_ids(tokenizer: text_pairs.Tokenizer, captions: list[str], length: int) -> np.ndarray:
-    """int32 [n, length + 2]: [start] tokens [end], 0-padded, cut to `length` tokens."""
-    out = np.zeros([len(captions), length + 2], np.int32)
-    for row, ids in enumerate(tokenizer.id_lists(captions)):
-        ids = ids[:length]
-        out[row, : len(ids) + 2] = [text_pairs.START, *ids, text_pairs.END]
-    return out
-
-
-def batches(images: np.ndarray, index: list[int], ids: np.ndarray, batch_size: int,
-            shuffle: bool = False, seed: int = SEED, multiple_of: int = 1) -> tf.data.Dataset:
-    """((image uint8 [b, H, W, 3], caption_in [b, T]), caption_out [b, T]), teacher forcing."""
-    count = len(index) - len(index) % multiple_of if len(index) >= multiple_of else len(index)
-    data = tf.data.Dataset.from_tensor_slices((np.asarray(index[:count], np.int32), ids[:count]))
-    if shuffle:  # `train` builds each epoch's pipeline afresh, with its own seed
-        data = data.shuffle(count, seed=seed, reshuffle_each_iteration=False)
-    table = tf.constant(images)
-    # `count` and the batch are multiples of the replicas, so every batch splits evenly (Keras
-    # 3.15 under MirroredStrategy fails on one that does not).
-    data = data.batch(batch_size)
-    return data.map(lambda i, c: ((tf.gather(table, i), c[:, :-1]), c[:, 1:]),
-                    num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def compile_model(model: keras.Model, steps: int, learning_rate: float = LEARNING_RATE,
-                  label_smoothing: float = 0.0):
-    """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate for
-    the global batch (`train` scales the per-replica rate). The loss and the clipping see the
-    whole global batch under MirroredStrategy (`models.sequence_training`)."""
-    model.compile(optimizer=warmup_cosine_adam(steps, learning_rate, WARMUP_SHARE, CLIP_NORM),
-                  loss=MaskedCrossEntropy(label_smoothing), metrics=[MaskedAccuracy()])
-    return model
-
-
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
@@ -277,21 +207,22 @@ def train(config: TrainConfig | None = None) -> dict:
         raise DataError(f"{dataset.name}: a split is empty (train {len(dataset.train)},"
                         f" validation {len(dataset.validation)}, test {len(dataset.test)})")
     every = config.data != DEFAULT_DATA
-    train_index, train_captions = caption_pairs(dataset.train, every)
-    val_index, val_captions = caption_pairs(dataset.validation, every)
-    tokenizer = build_tokenizer(train_captions)
+    train_index, train_captions = caption_data.caption_pairs(dataset.train, every)
+    val_index, val_captions = caption_data.caption_pairs(dataset.validation, every)
+    tokenizer = caption_data.build_tokenizer(train_captions, MAX_TOKENS)
     length = min(MAX_CAPTION_TOKENS, max(len(i) for i in tokenizer.id_lists(train_captions)))
     train_images = caption_data.image_array(dataset.train.images, config.image_size)
     val_images = caption_data.image_array(dataset.validation.images, config.image_size)
-    train_ids = caption_ids(tokenizer, train_captions, length)
+    train_ids = caption_data.caption_ids(tokenizer, train_captions, length)
 
     def epoch_batches(epoch: int) -> tf.data.Dataset:  # the same batches in every process
-        return batches(train_images, train_index, train_ids, run.global_batch, shuffle=True,
-                       seed=config.seed + epoch, multiple_of=run.replicas)
+        return caption_data.batches(train_images, train_index, train_ids, run.global_batch,
+                                    shuffle=True, seed=config.seed + epoch,
+                                    multiple_of=run.replicas)
 
-    validation_batches = batches(val_images, val_index,
-                                 caption_ids(tokenizer, val_captions, length), run.global_batch,
-                                 multiple_of=run.replicas)
+    validation_batches = caption_data.batches(
+        val_images, val_index, caption_data.caption_ids(tokenizer, val_captions, length),
+        run.global_batch, multiple_of=run.replicas)
     steps_per_epoch = int(epoch_batches(0).cardinality())
     learning_rate = run.scaled_learning_rate(config.learning_rate)
     run.start(dataset=dataset.name, max_length=length + 1, train_images=len(dataset.train),
@@ -301,7 +232,7 @@ def train(config: TrainConfig | None = None) -> dict:
         model = build_model(tokenizer.size, config.decoder, config.image_size,
                             config.embedding_dim, config.units, backbone=config.backbone,
                             backbone_weights=config.backbone_weights)
-        compile_model(model, config.epochs * steps_per_epoch, learning_rate)
+        compile_teacher_forced(model, config.epochs * steps_per_epoch, learning_rate)
     steps = run.fit(model, epoch_batches, steps_per_epoch=steps_per_epoch,
                     validation_data=validation_batches, monitor="val_masked_accuracy")
     metrics = {"training_seconds": run.training_seconds, "epochs": config.epochs,
@@ -315,308 +246,12 @@ def train(config: TrainConfig | None = None) -> dict:
 
 
 def train_photos(config: TrainConfig) -> dict:
-    """--encoder mobilenet_v2: the photos' grids cached once, the decoder trained on them, the
-    best epoch by validation BLEU-4, then `--self-critical-epochs` of self-critical training
-    (`self_critical`), the beam width and length penalty chosen on validation
-    (decoding.json), then the test figures."""
-    transformer = config.decoder == "transformer"
-    run = runner.TrainingRun(APP, config, default_run_dir(
-        config.data, f"{PHOTO_ENCODER}-transformer" if transformer else PHOTO_ENCODER))
-    dataset = load_data(config.data)
-    text = photo_texts(dataset, config.min_count)
-    settings = {"alpha": config.encoder_alpha, "captions_per_photo": text.per_photo,
-                "caption_length": text.length + 1, "image_size": config.image_size,
-                "embedding_dim": config.embedding_dim, "units": config.units,
-                "members": config.members}
-    if transformer:  # photo_captioner's sizes, in run.json (the untrained copy is built from it)
-        settings = {**{k: v for k, v in settings.items()
-                       if k not in ("embedding_dim", "units", "members")},
-                    "decoder": "transformer", "layers": photo.TRANSFORMER_LAYERS,
-                    "heads": photo.TRANSFORMER_HEADS, "memory_dim": photo.D_MODEL,
-                    "ff": photo.TRANSFORMER_FF, "dropout": photo.TRANSFORMER_DROPOUT}
-    with run.strategy.scope():
-        photo_model, grid_model = photo.build_photo_models(text.tokenizer.size, **settings,
-                                                           weights=config.backbone_weights)
-    photos = {"train": dataset.train.images, "validation": dataset.validation.images}
-    cache = photo_grid_cache(run.path, photo_model, config)
-    grids = region_grids.cached_grids(cache, photos, run.path)
-    cut_grids = (region_grids.cached_grids(photo_grid_cache(run.path, photo_model, config,
-                                                            cut=True), photos, run.path)
-                 if config.fine_tune_encoder else None)
-
-    def epoch_batches(epoch: int) -> tf.data.Dataset:
-        return region_grids.grid_batches(grids["train"], text.blocks["train"],
-                                         run.global_batch, shuffle=True, seed=config.seed + epoch)
-
-    steps_per_epoch = int(epoch_batches(0).cardinality())
-    learning_rate = run.scaled_learning_rate(config.learning_rate)
-    trained_before = (run.path / "metrics.json").is_file()
-    run.start(dataset=dataset.name, max_length=text.length + 1, train_images=len(dataset.train),
-              train_captions=text.per_photo * len(dataset.train), vocabulary=text.tokenizer.size,
-              photo_settings=settings, global_learning_rate=learning_rate,
-              photos_encoded=cache.computed)
-    text_pairs.write_vocabulary(run.path / "vocab.txt", text.tokenizer.vocabulary)
-    if config.members > 1:
-        if trained_before:  # a finished run trained again: its members start afresh too
-            for folder in run.path.glob("member_*"):
-                shutil.rmtree(folder)
-        metrics = train_members(run, config, text, grids, cut_grids, photo_model,
-                                learning_rate)
-        metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"],
-                                           cut_grids))
-        return run.finish({**metrics, "train_images": len(dataset.train)})
-    with run.strategy.scope():
-        compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate,
-                      photo.LABEL_SMOOTHING if transformer else 0.0)
-    validation = text.references["validation"]
-    selection = photo_training.ValidationBLEU(
-        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
-        grids["validation"], validation, run.path / "best.keras",
-        best=runner.best_so_far(run.path, "val_bleu4") if run.resumed else None)
-    steps = run.fit(grid_model, epoch_batches, steps_per_epoch=steps_per_epoch, monitor=None,
-                    validation_data=region_grids.grid_batches(
-                        grids["validation"], text.blocks["validation"], run.global_batch),
-                    callbacks=[selection])
-    metrics = {"training_seconds": run.training_seconds, "epochs": config.epochs,
-               "steps": steps, "train_images": len(dataset.train),
-               "best_val_bleu4": selection.best}
-    if config.self_critical_epochs:
-        metrics.update(self_critical_phase(run.path, config, text, grids, photo_model,
-                                           grid_model, run.strategy))
-    if config.fine_tune_encoder:
-        metrics.update(fine_tune_phase(run.path, config, text, cut_grids, photo_model,
-                                       run.strategy))
-    metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"],
-                                       cut_grids))
-    return run.finish(metrics)
-
-
-def train_members(run: runner.TrainingRun, config: TrainConfig,
-                  text: region_grids.PhotoCaptions, grids: dict, cut_grids: dict | None,
-                  ensemble: keras.Model, learning_rate: float) -> dict:
-    """`--members N`: N attention LSTMs on the same cached grids, each trained as a lone one is
-    (member k draws its weights and shuffles with seed + k; member 0 shuffles as a lone run
-    does), in `<run>/member_<k>/` with its history and its best epoch by validation BLEU-4;
-    then joined into `ensemble`, the run's best.keras, whose words are the mean of the
-    members' probabilities. With `cut_grids` (--fine-tune-encoder) the first member's
-    `fine_tune_phase` trains MobileNetV2's top, and the others train on the grids of that top.
-    A kill resumes inside the member it stopped in; a member with done.json is not trained
-    again."""
-    started, scores, members = time.perf_counter(), [], []
-    for k in range(config.members):
-        folder = run.path / f"member_{k}"
-        done = folder / "done.json"
-        if k == 1 and cut_grids is not None:  # the first member's fine-tuned top
-            grids = {split: photo.top_grids(members[0], cut).astype(region_grids.CACHE_DTYPE)
-                     for split, cut in cut_grids.items()}
-        if not done.is_file():
-            keras.utils.set_random_seed(config.seed + k)
-            with run.strategy.scope():
-                member, grid_model = photo.build_photo_models(
-                    text.tokenizer.size, **{**run.dir.config()["photo_settings"], "members": 1},
-                    weights=config.backbone_weights)
-                if k and cut_grids is not None:  # the top its grids came through
-                    member.get_layer("encoder").backbone.set_weights(
-                        members[0].get_layer("encoder").backbone.get_weights())
-            # Cross-entropy, then (the first member, with --fine-tune-encoder) the top: a kill
-            # in the second phase resumes there, not in a retrained first one.
-            trained = folder / "cross_entropy.json"
-            if not trained.is_file():
-                runner.write_json(trained, {"val_bleu4": train_member(
-                    member, grid_model, folder, k, config, text, grids, learning_rate,
-                    run.global_batch)})
-            best = json.loads(trained.read_text())["val_bleu4"]
-            if k == 0 and cut_grids is not None:
-                best = fine_tune_phase(folder, config, text, cut_grids, member,
-                                       run.strategy)["best_val_bleu4"]
-            runner.write_json(done, {"val_bleu4": best})
-        scores.append(json.loads(done.read_text())["val_bleu4"])
-        members.append(keras.saving.load_model(folder / "best.keras", compile=False))
-    photo.join_members(ensemble, members).save(run.path / "best.keras")
-    joined = photo_training.ValidationBLEU(
-        ensemble, photo.GridCaptioner(ensemble, text.tokenizer, text.length + 1),
-        photo.top_grids(ensemble, cut_grids["validation"]) if cut_grids else grids["validation"],
-        text.references["validation"], run.path / "best.keras")
-    score = joined.score()[0]
-    print(f"ensemble of {config.members}: validation BLEU-4 {score:.2f} (members "
-          + ", ".join(f"{s:.2f}" for s in scores) + ")", flush=True)
-    tuned = run.path / "member_0" / "fine_tune" / "start.json"
-    return {"training_seconds": round(time.perf_counter() - started, 1),
-            "epochs": config.epochs, "members": config.members, "member_val_bleu4": scores,
-            "best_val_bleu4": score,
-            **({"fine_tune_start_val_bleu4": json.loads(tuned.read_text())["val_bleu4"],
-                "fine_tuned_val_bleu4": scores[0]} if cut_grids is not None else {})}
-
-
-def train_member(member: keras.Model, grid_model: keras.Model, folder: Path, k: int,
-                 config: TrainConfig, text: region_grids.PhotoCaptions, grids: dict,
-                 learning_rate: float, global_batch: int) -> float:
-    """Member k's cross-entropy epochs in `folder` (resumable), its best epoch by validation
-    BLEU-4 saved as `folder`/best.keras; returns that BLEU-4."""
-    resumed = runner.start_run(folder)
-
-    def epoch_batches(epoch: int) -> tf.data.Dataset:
-        return region_grids.grid_batches(grids["train"], text.blocks["train"], global_batch,
-                                         shuffle=True, seed=config.seed + 1000 * k + epoch)
-
-    steps_per_epoch = int(epoch_batches(0).cardinality())
-    with grid_model.distribute_strategy.scope():
-        compile_model(grid_model, config.epochs * steps_per_epoch, learning_rate)
-    selection = photo_training.ValidationBLEU(
-        member, photo.GridCaptioner(member, text.tokenizer, text.length + 1),
-        grids["validation"], text.references["validation"], folder / "best.keras",
-        best=runner.best_so_far(folder, "val_bleu4") if resumed else None)
-    print(f"member {k + 1} of {config.members}", flush=True)
-    runner.fit(grid_model, epoch_batches, config.epochs, folder,
-               steps_per_epoch=steps_per_epoch,
-               validation_data=region_grids.grid_batches(
-                   grids["validation"], text.blocks["validation"], global_batch),
-               callbacks=[selection, *runner.training_callbacks(
-                   folder, None, resumed=resumed is not None)],
-               backup_every=config.backup_every, jit=config.jit, verbose=config.verbose)
-    runner.plot_history(folder)
-    return selection.best
-
-
-def photo_texts(dataset: caption_data.CaptionData, min_count: int
-                ) -> region_grids.PhotoCaptions:
-    return region_grids.photo_captions({"train": dataset.train.references,
-                                        "validation": dataset.validation.references}, min_count)
-
-
-def photo_grid_cache(run_dir: Path, photo_model: keras.Model, config: TrainConfig,
-                     cut: bool = False) -> region_grids.RegionCache:
-    """The run's grid cache, keyed by what makes a grid: encoder, alpha, weights, size; with
-    `cut`, the cache of MobileNetV2's output below the blocks --fine-tune-encoder trains."""
-    weights = config.backbone_weights
-    key = {"backbone": PHOTO_ENCODER, "alpha": config.encoder_alpha,
-           "weights": weights if weights == "imagenet" else region_grids.file_digest(weights)}
-    if cut:
-        return region_grids.RegionCache(
-            run_dir / "cut_grids", tf.function(photo.cut_grid_fn(photo_model)),
-            {**key, "cut": photo.FINE_TUNE_CUT}, config.image_size)
-    return region_grids.RegionCache(
-        run_dir / "region_grids", tf.function(photo_model.get_layer("encoder").grid), key,
-        config.image_size)
-
-
-def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.PhotoCaptions,
-                        grids: dict, photo_model: keras.Model, grid_model: keras.Model,
-                        strategy) -> dict:
-    """`config.self_critical_epochs` of self-critical training (`models.self_critical`) from the
-    run's best.keras, in `<run>/self_critical` (its history.csv and backup: a kill resumes
-    exactly with the `self-critical` command). best.keras is replaced only by an epoch whose
-    validation BLEU-4 (`photo_training.SELF_CRITICAL_SELECTION`) beats the model it started
-    from, scored the same way."""
-    folder = Path(run_dir) / "self_critical"
-    resumed = runner.start_run(folder)
-    with strategy.scope():
-        photo_model.load_weights(Path(run_dir) / "best.keras")
-        trainer = critic.self_critical_trainer(
-            grid_model, photo_model, text.blocks["train"],
-            runner.scaled_learning_rate(config.self_critical_learning_rate, strategy),
-            config.seed, config.self_critical_reward)
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-
-    def epoch_batches(epoch: int) -> tf.data.Dataset:
-        return region_grids.grid_batches(grids["train"], text.blocks["train"], global_batch,
-                                         shuffle=True, seed=config.seed + 1000 + epoch)
-
-    selection = photo_training.ValidationBLEU(
-        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
-        grids["validation"], text.references["validation"], Path(run_dir) / "best.keras",
-        decodings=photo_training.SELF_CRITICAL_SELECTION)
-    starting = starting_score(folder, selection, resumed)
-    started = time.perf_counter()
-    runner.fit(trainer, epoch_batches, config.self_critical_epochs, folder,
-               steps_per_epoch=int(epoch_batches(0).cardinality()),
-               callbacks=[selection, keras.callbacks.CSVLogger(str(folder / "history.csv"),
-                                                               append=True)],
-               backup_every=config.backup_every, verbose=config.verbose)
-    return {"self_critical_epochs": config.self_critical_epochs,
-            "self_critical_seconds": round(time.perf_counter() - started, 1),
-            "self_critical_start_val_bleu4": starting, "best_val_bleu4": selection.best}
-
-
-def fine_tune_phase(run_dir: Path, config: TrainConfig, text: region_grids.PhotoCaptions,
-                    cut_grids: dict, photo_model: keras.Model, strategy) -> dict:
-    """`--fine-tune-encoder`, once the decoder has converged: MobileNetV2's top blocks train
-    with the head and decoder (`photo.build_fine_tune_model`) for `config.fine_tune_epochs` at
-    FINE_TUNE_LEARNING_RATE, from `run_dir`'s best.keras, in `<run_dir>/fine_tune` (its
-    history and backup). Training reads the photos' cached outputs below those blocks, and
-    validation recomputes its grids through them at every epoch. best.keras is replaced only
-    by an epoch whose validation BLEU-4 beats the model it started from."""
-    folder = Path(run_dir) / "fine_tune"
-    resumed = runner.start_run(folder)
-    with strategy.scope():
-        photo_model.load_weights(Path(run_dir) / "best.keras")
-        trainer = photo.build_fine_tune_model(photo_model, text.per_photo, text.length + 1)
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-
-    def epoch_batches(epoch: int) -> tf.data.Dataset:
-        return region_grids.grid_batches(cut_grids["train"], text.blocks["train"], global_batch,
-                                         shuffle=True, seed=config.seed + 2000 + epoch)
-
-    steps_per_epoch = int(epoch_batches(0).cardinality())
-    with strategy.scope():
-        compile_model(trainer, config.fine_tune_epochs * steps_per_epoch,
-                      runner.scaled_learning_rate(photo.FINE_TUNE_LEARNING_RATE, strategy))
-    selection = photo_training.ValidationBLEU(
-        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
-        lambda: photo.top_grids(photo_model, cut_grids["validation"]),
-        text.references["validation"], Path(run_dir) / "best.keras")
-    starting = starting_score(folder, selection, resumed)
-    started = time.perf_counter()
-    runner.fit(trainer, epoch_batches, config.fine_tune_epochs, folder,
-               steps_per_epoch=steps_per_epoch,
-               callbacks=[selection, keras.callbacks.CSVLogger(str(folder / "history.csv"),
-                                                               append=True)],
-               backup_every=config.backup_every, verbose=config.verbose)
-    photo_model.load_weights(Path(run_dir) / "best.keras")  # not the last epoch's weights
-    return {"fine_tune_epochs": config.fine_tune_epochs,
-            "fine_tune_seconds": round(time.perf_counter() - started, 1),
-            "fine_tune_start_val_bleu4": starting, "fine_tuned_val_bleu4": selection.best,
-            "best_val_bleu4": selection.best}
-
-
-def starting_score(folder: Path, selection: photo_training.ValidationBLEU,
-                   resumed) -> float:
-    """What a phase's epochs must beat: the model it starts from, scored as they are, kept in
-    `folder`/start.json so that a resumed phase compares against the same figure (and against
-    its own epochs before the kill). Sets `selection.best`; returns the starting score."""
-    start = folder / "start.json"
-    if resumed and start.is_file():
-        selection.best = max(json.loads(start.read_text())["val_bleu4"],
-                             runner.best_so_far(folder, "val_bleu4") or 0.0)
-        return json.loads(start.read_text())["val_bleu4"]
-    selection.best = selection.score()[0]
-    runner.write_json(start, {"val_bleu4": selection.best})
-    return selection.best
-
-
-def choose_and_evaluate(run_dir: Path, config: TrainConfig, dataset: caption_data.CaptionData,
-                        text: region_grids.PhotoCaptions, validation_grids,
-                        cut_grids: dict | None = None) -> dict:
-    """The run's best.keras: beam width and length penalty chosen on validation
-    (decoding.json), then, unless `evaluate_after` is off, the test figures. With `cut_grids`
-    (a fine-tuned encoder) the validation grids are recomputed through the model's own top."""
-    best = load_captioner(run_dir)
-    if cut_grids is not None:
-        validation_grids = photo.top_grids(best.model, cut_grids["validation"])
-    decoding = photo_training.choose_decoding(
-        photo.GridCaptioner(best.model, text.tokenizer, text.length + 1), validation_grids,
-        text.references["validation"])
-    runner.write_json(Path(run_dir) / "decoding.json", decoding)
-    metrics = dict(decoding)
-    if config.evaluate_after:
-        metrics.update(photo_metrics(best, dataset, run_dir, decoding["beam_width"],
-                                     decoding["alpha"]))
-        print(f"{APP} ({PHOTO_ENCODER} {config.encoder_alpha}, {config.decoder}) on"
-              f" {dataset.name}: test"
-              " BLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
-              + f", CIDEr-D {100 * metrics['cider_d']:.1f} ({metrics['test_images']} photos),"
-              f" run directory {run_dir}")
-    return metrics
+    """--encoder mobilenet_v2 (`apps.captioning_photos`): the photos' grids cached once, the
+    decoder trained on them with its best epoch by validation BLEU-4, the options' later phases,
+    the beam width and length penalty chosen on validation (decoding.json), the test figures."""
+    decoder = f"{PHOTO_ENCODER}-transformer" if config.decoder == "transformer" else PHOTO_ENCODER
+    run = runner.TrainingRun(APP, config, default_run_dir(config.data, decoder))
+    return run.finish(captioning_photos.train(run, config, load_data(config.data)))
 
 
 def self_critical(run_dir: Path | None = None, epochs: int = SELF_CRITICAL_EPOCHS,
@@ -635,29 +270,9 @@ def self_critical(run_dir: Path | None = None, epochs: int = SELF_CRITICAL_EPOCH
                             "self_critical_reward": reward, "run_dir": run.path}
                          | ({"self_critical_learning_rate": learning_rate}
                             if learning_rate else {}))
-    strategy = runner.choose_strategy(config.strategy)
-    dataset = load_data(config.data)
-    text = photo_texts(dataset, config.min_count)
-    with strategy.scope():
-        photo_model, grid_model = photo.build_photo_models(text.tokenizer.size,
-                                                           **stored["photo_settings"])
-    grids = region_grids.cached_grids(photo_grid_cache(run.path, photo_model, config),
-                                      {"train": dataset.train.images,
-                                       "validation": dataset.validation.images}, run.path)
-    earlier = run.path / "metrics.json"
-    metrics = {**(json.loads(earlier.read_text()) if earlier.is_file() else {}),
-               **self_critical_phase(run.path, config, text, grids,
-                                                      photo_model, grid_model, strategy)}
-    metrics.update(choose_and_evaluate(run.path, config, dataset, text, grids["validation"]))
+    metrics = captioning_photos.self_critical(run.path, config, load_data(config.data))
     run.write_metrics(metrics)
     return metrics
-
-
-def photo_metrics(captioner: Captioner, dataset: caption_data.CaptionData, run_dir: Path,
-                  beam_width: int, alpha: float) -> dict:
-    settings = runner.RunDir(run_dir).config()["photo_settings"]
-    return photo_training.evaluate_photos(captioner, dataset, Path(run_dir), beam_width, alpha,
-                                          settings, EXAMPLES)
 
 
 def decoding_of(run: runner.RunDir, beam_width: int | None, alpha: float | None
@@ -673,10 +288,8 @@ def decoding_of(run: runner.RunDir, beam_width: int | None, alpha: float | None
 def load_captioner(run_dir: Path | None = None) -> Captioner:
     """A run's best.keras and vocabulary (the run trained last by default), in float32."""
     run = find_run(run_dir)
-    model = in_float32(keras.saving.load_model(run.file("best.keras"), compile=False))
-    tokenizer = text_pairs.Tokenizer(text_pairs.read_vocabulary(run.file("vocab.txt")), "word",
-                                     True)
-    return Captioner(model, tokenizer, run.config()["max_length"])
+    return Captioner.load(run.file("best.keras"), run.file("vocab.txt"),
+                          run.config()["max_length"])
 
 
 def held_out_data(run: runner.RunDir) -> caption_data.CaptionData:
@@ -701,36 +314,10 @@ def held_out_metrics(captioner: Captioner, dataset: caption_data.CaptionData, ru
                                                   references)["bleu4"],
                "examples": [{"references": r, "caption": h} for r, h in
                             list(zip(references, hypotheses))[:EXAMPLES]]}
-    plot_attention(captioner, images[0], run_dir / "attention.png")
+    attention_sheet(captioner, images[:SHEET_IMAGES], Path(run_dir) / "attention.png",
+                    beam_width=beam_width, alpha=alpha)
     runner.write_json(Path(run_dir) / "evaluation.json", metrics)
     return metrics
-
-
-def plot_attention(captioner: Captioner, image: np.ndarray, path: Path) -> Path:
-    """The image once per word, with the attention over its regions laid on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ids = captioner.best_ids(image[None])[0]
-    weights = captioner.attention(image, ids)  # [words, regions]
-    words = [t.decode() or "[end]" for t in captioner.tokenizer.tokens(tf.constant(ids)).numpy()]
-    grid = int(round(np.sqrt(weights.shape[1])))
-    columns = min(len(words), 6)
-    rows = -(-len(words) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, word, w in zip(axes.flat, words, weights):
-        axis.imshow(image)
-        axis.imshow(w.reshape(grid, grid), cmap="magma", alpha=0.55, interpolation="bilinear",
-                    extent=(0, image.shape[1], image.shape[0], 0))
-        axis.set_title(word)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
 
 
 def is_photo_run(run: runner.RunDir) -> bool:
@@ -743,14 +330,14 @@ def evaluate(run_dir: Path | None = None, beam_width: int | None = None,
     captioner = load_captioner(run.path)
     dataset = held_out_data(run)
     beam_width, alpha = decoding_of(run, beam_width, alpha)
-    photos = is_photo_run(run)
-    metrics = (photo_metrics if photos else held_out_metrics)(captioner, dataset, run.path,
-                                                              beam_width, alpha)
+    photo_run = is_photo_run(run)
+    metrics = (captioning_photos.held_out_metrics if photo_run else held_out_metrics)(
+        captioner, dataset, run.path, beam_width, alpha)
     runner.print_table([{"caption": e["caption"], "first reference": e["references"][0]}
                         for e in metrics["examples"]])
     untrained = (f"; untrained copy BLEU-4 {metrics['untrained_bleu4']:.1f}; CIDEr-D"
                  f" {100 * metrics['cider_d']:.1f} (most frequent caption"
-                 f" {100 * metrics['most_frequent_cider_d']:.1f})" if photos else "")
+                 f" {100 * metrics['most_frequent_cider_d']:.1f})" if photo_run else "")
     print("\nBLEU-1..4 " + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
           + f" on {metrics['test_images']} held-out images of {dataset.name} (beam {beam_width},"
           f" length penalty {alpha:g}); most frequent caption BLEU-4"
@@ -786,10 +373,6 @@ TFLITE_SIGNATURES = ("encode", "decode_step")
 # No full-int8 variant: as for the translator, TF 2.21's converter is not reliable calibrating a
 # two-signature RNN model; "dynamic" (int8 weights, float activations) is the small one.
 LITE_VARIANTS = ("float32", "float16", "dynamic")
-# Photo runs: an int8 encoder calibrated on PHOTO_CALIBRATION training photos, and the decoder.
-PHOTO_CALIBRATION = 100
-PHOTO_LITE = {"encoder": "captioning_encoder_int8.tflite", "decoder": "captioning_decoder",
-              "variants": ("float32", "dynamic"), "signatures": ("encode", "decode_step")}
 LITE_CHECK_IMAGES = 20  # held-out images decoded by LiteRT and Keras, token for token
 
 
@@ -797,15 +380,14 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
            check_images: int = LITE_CHECK_IMAGES) -> dict:
     """Publishes a run as the next version under `model_base/captioning/`: the SavedModel, and
     in assets.extra/ the .tflite variants, vocab.txt and litert.json, each .tflite checked in the
-    LiteRT interpreter against the Keras greedy decode of held-out images."""
+    LiteRT interpreter against the Keras greedy decode of held-out images (a photo run:
+    `apps.captioning_photos.export`)."""
     from serving.litert_captioning import CaptionLiteRT
 
     run = find_run(run_dir)
     captioner = load_captioner(run.path)
-    if is_photo_run(run):
-        return export_photos(run, captioner, model_base, quiet, check_images)
-    test = held_out_data(run).test
-    images = caption_data.image_array(test.images[:check_images], captioner.image_size)
+    data = held_out_data(run)
+    images = caption_data.image_array(data.test.images[:check_images], captioner.image_size)
     keras_greedy = [[int(t) for t in ids]
                     for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
 
@@ -814,6 +396,9 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         same = [lite.greedy_ids(image)[0] == ids for image, ids in zip(images, keras_greedy)]
         return {"same_tokens_as_keras_greedy": float(np.mean(same))}
 
+    if is_photo_run(run):
+        return captioning_photos.export(run, captioner, Path(model_base) / APP, data.train,
+                             decoding_of(run, None, None), check, len(images), quiet)
     report = export_lib.write_version(
         Path(model_base) / APP, serving_archive(captioner),
         assets={
@@ -831,56 +416,6 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         report={"run": str(run.path.resolve()), "checked_images": len(images)},
         progress=not quiet,
     )
-    if not quiet:
-        runner.print_export(report)
-    return report
-
-
-def export_photos(run: runner.RunDir, captioner: Captioner, model_base: Path, quiet: bool,
-                  check_images: int) -> dict:
-    """A photo run as the next version: the SavedModel (photo bytes of any size in, the beam
-    search chosen on validation in the graph) and, for LiteRT, a full-integer int8 encoder
-    calibrated on training photos beside the decoder's `encode` / `decode_step` in float32 and
-    dynamic; each decoder file is checked with the int8 encoder against Keras' greedy captions."""
-    from serving.litert_captioning import CaptionLiteRT
-
-    data = held_out_data(run)
-    beam_width, alpha = decoding_of(run, None, None)
-    size = captioner.image_size
-    images = caption_data.image_array(data.test.images[:check_images], size)
-    keras_greedy = [[int(t) for t in ids]
-                    for ids in captioner.best_ids(images, beam_width=1, alpha=0.0)]
-    calibration = caption_data.image_array(data.train.images[:PHOTO_CALIBRATION], size)
-    with tempfile.TemporaryDirectory() as folder:
-        photo.lite_encoder_archive(captioner.model).write_out(folder, verbose=False)
-        encoder = export_lib.convert_to_tflite(
-            Path(folder), "encode_image", "int8",
-            [image[None].astype(np.float32) for image in calibration])
-
-    def check(path: Path) -> dict:
-        lite = CaptionLiteRT(path)
-        same = [lite.greedy_ids(image)[0] == ids for image, ids in zip(images, keras_greedy)]
-        return {"same_tokens_as_keras_greedy": float(np.mean(same))}
-
-    report = export_lib.write_version(
-        Path(model_base) / APP, serving_archive(captioner, beam_width, alpha),
-        assets={
-            "vocab.txt": run.path / "vocab.txt",
-            PHOTO_LITE["encoder"]: encoder,
-            "litert.json": {
-                "kind": "captioning", "signatures": list(PHOTO_LITE["signatures"]),
-                "encoder": PHOTO_LITE["encoder"], "image_size": size,
-                "max_length": captioner.max_length, "vocab": "vocab.txt",
-                "beam_width": beam_width, "alpha": alpha,
-                "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK,
-                        "start": text_pairs.START, "end": text_pairs.END}},
-        },
-        tflite=export_lib.TFLiteFiles(PHOTO_LITE["decoder"], PHOTO_LITE["signatures"],
-                                      variants=PHOTO_LITE["variants"], check=check,
-                                      archive=photo.lite_decoder_archive(captioner.model)),
-        report={"run": str(Path(run.path).resolve()), "checked_images": len(images),
-                "encoder_int8_bytes": len(encoder), "beam_width": beam_width, "alpha": alpha},
-        progress=not quiet)
     if not quiet:
         runner.print_export(report)
     return report
@@ -988,18 +523,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="local .weights.h5 file for --encoder (nothing is"
                                    f" downloaded); with {PHOTO_ENCODER} also 'imagenet'"
                                    " (downloads)")
-    train_parser.add_argument("--encoder-alpha", type=float, default=None, metavar="ALPHA",
-                              help=f"{PHOTO_ENCODER}'s width (default: read from the weights"
-                                   " file, which must match it)")
-    train_parser.add_argument("--min-count", type=int, default=region_grids.MIN_COUNT,
-                              help="photos: a word in fewer training captions is [UNK]"
-                                   " (default: %(default)s)")
     train_parser.add_argument("--scenes", type=int, default=SCENES,
                               help="generated scenes (default: %(default)s)")
     train_parser.add_argument("--objects", type=int, choices=(1, 2, 3),
                               help="objects per generated scene (default: 1 to 3)")
+
     def scenes_and_photos(name):
-        return f"default: {SCENE[name]}, photos {PHOTO[name]}"
+        return f"default: {SCENE[name]}, photos {captioning_photos.DEFAULTS[name]}"
 
     train_parser.add_argument("--image-size", type=int,
                               help="images are resized to this square"
@@ -1009,27 +539,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="peak Adam learning rate for one replica's batch; N"
                                    " replicas train at N times it"
                                    f" ({scenes_and_photos('learning_rate')})")
-    train_parser.add_argument("--members", type=int, default=1, metavar="N",
-                              help=f"photos (--encoder {PHOTO_ENCODER}): train N attention LSTMs"
-                                   " on the same cached grids with seeds seed..seed+N-1 and"
-                                   " caption with their mean word probabilities (an ensemble;"
-                                   " N times the training) (default: %(default)s)")
-    train_parser.add_argument("--fine-tune-encoder", action="store_true",
-                              help="photos: once the decoder has converged, train"
-                                   " MobileNetV2's top blocks (block_16, Conv_1) with it, over"
-                                   " a cache of the layer below them; kept only if validation"
-                                   " BLEU-4 improves")
-    train_parser.add_argument("--fine-tune-epochs", type=int, default=photo.FINE_TUNE_EPOCHS,
-                              metavar="N", help="epochs of it (default: %(default)s)")
-    train_parser.add_argument("--self-critical-epochs", type=int, default=0, metavar="N",
-                              help="photos: then N epochs of self-critical training on the"
-                                   " captions' CIDEr-D (default: %(default)s)")
-    train_parser.add_argument("--self-critical-learning-rate", type=float,
-                              default=critic.LEARNING_RATE, metavar="RATE",
-                              help="Adam's rate for them (default: %(default)s)")
-    train_parser.add_argument("--self-critical-reward", choices=critic.REWARDS,
-                              default=critic.REWARD,
-                              help="what a sampled caption earns (default: %(default)s)")
+    captioning_photos.add_train_options(train_parser)
     runner.add_training_options(train_parser, None, None, scenes_and_photos("epochs"),
                                 scenes_and_photos("batch_size"))
     runner.add_quick_option(train_parser, QUICK)

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from apps import captioning, runner
+from apps import captioning, captioning_photos, runner
 from bench import save_results
 
 BLEU4_TARGET = 80.0
@@ -123,6 +123,7 @@ def photo_lite(run_dir: Path, models: Path, picture: Path | None = None) -> dict
     """Export, then the 1,000 test photos through LiteRT (int8 encoder + each decoder file,
     greedy) beside Keras greedy and beam; the .tflite sizes; the README picture."""
     from models import photo_training
+    from models.captioner import attention_sheet
     from pipelines import captions as caption_data
     from serving.litert_captioning import CaptionLiteRT
 
@@ -137,8 +138,8 @@ def photo_lite(run_dir: Path, models: Path, picture: Path | None = None) -> dict
                                                   references)["bleu4"],
            f"Keras beam {beam}": captioning.bleu_scores(captioner.captions(images, beam, alpha),
                                                       references)["bleu4"]}
-    for variant in captioning.PHOTO_LITE["variants"]:
-        lite = CaptionLiteRT(extra / f"{captioning.PHOTO_LITE['decoder']}_{variant}.tflite")
+    for variant in captioning_photos.LITE["variants"]:
+        lite = CaptionLiteRT(extra / f"{captioning_photos.LITE['decoder']}_{variant}.tflite")
         for width, penalty in {(1, 0.0), (beam, alpha)}:
             started = time.perf_counter()
             texts = [lite.caption(photo, width, penalty) for photo in images]
@@ -148,10 +149,10 @@ def photo_lite(run_dir: Path, models: Path, picture: Path | None = None) -> dict
     sizes = {path.name: path.stat().st_size for path in sorted(extra.glob("*.tflite"))}
     if picture is not None:
         picture.parent.mkdir(parents=True, exist_ok=True)
-        photo_training.attention_sheet(captioner, images[:: max(1, len(images) // 4)][:4],
-                                      picture, words=5, beam_width=beam, alpha=alpha)
+        attention_sheet(captioner, images[:: max(1, len(images) // 4)][:4], picture, words=5,
+                        beam_width=beam, alpha=alpha)
     return {"test BLEU-4": {k: round(v, 2) for k, v in row.items()}, "tflite bytes": sizes,
-            "export checks": {v: report[v] for v in captioning.PHOTO_LITE["variants"]}}
+            "export checks": {v: report[v] for v in captioning_photos.LITE["variants"]}}
 
 
 def flickr8k(args) -> dict:

@@ -23,6 +23,7 @@ from bench import save_results
 from bench.translation import HELD_OUT, TATOEBA, TRANSFORMER_CONFIG
 from layers.transformer import sine_positions
 from models import seq2seq
+from models.sequence_training import CLIP_NORM
 from pipelines import text_pairs
 
 WARMUP_BATCHES = 5
@@ -118,7 +119,7 @@ def torch_tokens_per_second(batches, source_vocab, target_vocab, config) -> floa
                            torch.from_numpy(target_out).long().reshape(-1))
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), seq2seq.CLIP_NORM)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
             optimizer.step()
 
     train(batches[:WARMUP_BATCHES])

@@ -22,6 +22,8 @@ in place of the small CNN trained from scratch; its last feature map gives the r
 `serving_default` (image bytes in, caption out) and the LiteRT `encode` / `decode_step` pair.
 """
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -29,6 +31,7 @@ from keras import ops
 
 from layers.attention import AttentionDecoder
 from layers.beam_search import EncoderDecoderSearch
+from models.sequence_training import in_float32
 from pipelines import captions as caption_data
 from pipelines import text_pairs
 from pipelines.shape_scenes import IMAGE_SIZE
@@ -44,6 +47,7 @@ DECODERS = ("attention", "show-and-tell")
 DECODER = "attention"
 BEAM_WIDTH = 3
 ALPHA = 0.0  # a caption's length is fixed by the image; no length penalty
+SHEET_WORDS = 7  # attention maps shown per image in attention.png
 
 
 # Registered under the package it had in apps/captioning.py: saved checkpoints name it.
@@ -180,6 +184,13 @@ class Captioner(EncoderDecoderSearch):
         self.image_size = self.encoder.image_size
         self._compiled: dict = {}
 
+    @classmethod
+    def load(cls, model_file: Path, vocab_file: Path, max_length: int) -> "Captioner":
+        """A saved model and its vocabulary, decoding in float32."""
+        model = in_float32(keras.saving.load_model(model_file, compile=False))
+        tokenizer = text_pairs.Tokenizer(text_pairs.read_vocabulary(vocab_file), "word", True)
+        return cls(model, tokenizer, max_length)
+
     def search(self, images, beam_width: int = BEAM_WIDTH, alpha: float = ALPHA):
         """uint8 images [batch, size, size, 3] -> beam_search's dict."""
         return self.decode(images, self.max_length, beam_width, alpha)
@@ -273,3 +284,40 @@ def lite_archive(captioner: Captioner) -> keras.export.ExportArchive:
         tf.TensorSpec([1, units], tf.float32, name="state_0"),
         tf.TensorSpec([1, units], tf.float32, name="state_1")])
     return archive
+
+
+def attention_sheet(captioner: Captioner, images: np.ndarray, path: Path,
+                    words: int = SHEET_WORDS, beam_width: int = BEAM_WIDTH,
+                    alpha: float = ALPHA) -> Path:
+    """One row per image: the image with its caption, then where each word looked (the
+    attention over the regions laid on the image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = words + 1
+    figure, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns,
+                                                               2.1 * len(images)),
+                                squeeze=False)
+    for row, image in zip(axes, images):
+        ids = captioner.best_ids(image[None], beam_width, alpha)[0]
+        weights = captioner.attention(image, ids)  # [words, regions]
+        tokens = [t.decode() or "[end]"
+                  for t in captioner.tokenizer.tokens(np.asarray(ids)).numpy()]
+        grid = int(round(np.sqrt(weights.shape[1])))
+        for axis in row:
+            axis.axis("off")
+        row[0].imshow(image)
+        caption = " ".join(t for t in tokens if t != "[end]")
+        row[0].set_title(caption if len(caption) < 60 else caption[:57] + "...", fontsize=8,
+                         loc="left")
+        for axis, token, w in zip(row[1:], tokens, weights):
+            axis.imshow(image)
+            axis.imshow(w.reshape(grid, grid), cmap="magma", alpha=0.6,
+                        interpolation="bilinear", extent=(0, image.shape[1], image.shape[0], 0))
+            axis.set_title(token, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=72)
+    plt.close(figure)
+    return path

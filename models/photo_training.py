@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from models.captioner import attention_sheet
 from models.photo_captioner import (
     GridCaptioner,
     build_photo_models,
@@ -34,7 +35,7 @@ SELECTION_BEAM = 3  # the beam that scores each epoch on validation
 # decoding chosen at the end does (measured in bench/README.md).
 SELF_CRITICAL_SELECTION = ((SELECTION_BEAM, 0.0), (5, 1.0))
 SHEET_PHOTOS = 4
-SHEET_WORDS = 7  # attention maps shown per photo
+
 
 class ValidationBLEU(keras.callbacks.Callback):
     """After each epoch: BLEU-4 of the validation photos' beam-search captions from their cached
@@ -126,39 +127,3 @@ def evaluate_photos(captioner, dataset: caption_data.CaptionData, run_dir: Path,
                     beam_width=beam_width, alpha=alpha)
     (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def attention_sheet(captioner, images: np.ndarray, path: Path, words: int = SHEET_WORDS,
-                    beam_width: int = SELECTION_BEAM, alpha: float = 0.0) -> Path:
-    """One row per photo: the photo with its caption, then where each word looked (the 7x7
-    attention laid over the photo). `captioner`: `models.captioner.Captioner` on photos."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = words + 1
-    figure, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns,
-                                                               2.1 * len(images)),
-                                squeeze=False)
-    for row, image in zip(axes, images):
-        ids = captioner.best_ids(image[None], beam_width, alpha)[0]
-        weights = captioner.attention(image, ids)  # [words, regions]
-        tokens = [t.decode() or "[end]"
-                  for t in captioner.tokenizer.tokens(np.asarray(ids)).numpy()]
-        grid = int(round(np.sqrt(weights.shape[1])))
-        for axis in row:
-            axis.axis("off")
-        row[0].imshow(image)
-        caption = " ".join(t for t in tokens if t != "[end]")
-        row[0].set_title(caption if len(caption) < 60 else caption[:57] + "...", fontsize=8,
-                         loc="left")
-        for axis, token, w in zip(row[1:], tokens, weights):
-            axis.imshow(image)
-            axis.imshow(w.reshape(grid, grid), cmap="magma", alpha=0.6,
-                        interpolation="bilinear", extent=(0, image.shape[1], image.shape[0], 0))
-            axis.set_title(token, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=72)
-    plt.close(figure)
-    return path

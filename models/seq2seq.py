@@ -28,7 +28,7 @@ from tqdm import tqdm
 from layers.attention import ATTENTIONS, CELLS, AttentionDecoder
 from layers.beam_search import EncoderDecoderSearch
 from layers.transformer import TransformerDecoder, TransformerEncoder
-from models.sequence_training import MaskedAccuracy, MaskedCrossEntropy, warmup_cosine_adam
+from models.sequence_training import compile_teacher_forced
 from pipelines import text_pairs
 
 EMBEDDING_DIM = 64
@@ -39,8 +39,6 @@ ATTENTION = "luong"
 DROPOUT = 0.0
 LABEL_SMOOTHING = 0.0
 LEARNING_RATE = 3e-3  # Adam, with a short warm-up and a cosine decay to zero
-WARMUP_SHARE = 0.05
-CLIP_NORM = 1.0  # RNN gradients can spike; clipping keeps one bad batch from wrecking the run
 # The Transformer (`--model transformer`): a small base model (Vaswani et al. use 6 layers of
 # 512 with 8 heads and 2,048 hidden units), sized for a CPU.
 TRANSFORMER_LAYERS = 3  # per stack
@@ -151,13 +149,9 @@ def compile_model(model: keras.Model, steps: int, label_smoothing: float = LABEL
                   learning_rate: float = LEARNING_RATE) -> keras.Model:
     """Adam with warm-up and cosine decay over `steps`, peaking at `learning_rate`: the rate
     for the global batch (the app scales the per-replica rate with the replicas)."""
-    model.compile(
-        optimizer=warmup_cosine_adam(steps, learning_rate, WARMUP_SHARE, CLIP_NORM),
-        loss=MaskedCrossEntropy(label_smoothing),
-        metrics=[MaskedAccuracy()],
-        jit_compile=False,  # every bucket has its own shapes: XLA would recompile for each
-    )
-    return model
+    # jit_compile off: every bucket has its own shapes, XLA would recompile for each
+    return compile_teacher_forced(model, steps, learning_rate, label_smoothing,
+                                  jit_compile=False)
 
 
 # ---------------------------------------------------------------------------------------------

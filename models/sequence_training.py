@@ -1,5 +1,6 @@
 """Training pieces shared by the sequence models (translation and captioning): a cross-entropy and
-an accuracy over real tokens only, and an Adam whose gradient clipping sees the global batch.
+an accuracy over real tokens only, an Adam whose gradient clipping sees the global batch, and the
+one way both compile a teacher-forced model with them.
 
 All three are written for MirroredStrategy: a replica holds a slice of the batch with its own
 number of real tokens, and Keras sums the replicas' gradients, so each divides or clips by what
@@ -14,6 +15,8 @@ from pipelines.text_pairs import PAD
 
 # Registered under the package they had in apps/translation.py: saved checkpoints name it.
 PACKAGE = "translation"
+WARMUP_SHARE = 0.05  # of the steps, before the cosine decay
+CLIP_NORM = 1.0  # RNN gradients can spike; clipping keeps one bad batch from wrecking the run
 
 
 def sum_over_replicas(value):
@@ -105,6 +108,17 @@ def warmup_cosine_adam(steps: int, learning_rate: float, warmup_share: float,
         warmup_steps=max(int(warmup_share * steps), 1),
     )
     return GlobalClipAdam(schedule, global_clipnorm=clip_norm)
+
+
+def compile_teacher_forced(model: keras.Model, steps: int, learning_rate: float,
+                           label_smoothing: float = 0.0, **compile_options) -> keras.Model:
+    """Masked cross-entropy and accuracy, Adam with warm-up and cosine decay over `steps`
+    peaking at `learning_rate`: the rate for the global batch (the apps scale the per-replica
+    rate with the replicas)."""
+    model.compile(optimizer=warmup_cosine_adam(steps, learning_rate, WARMUP_SHARE, CLIP_NORM),
+                  loss=MaskedCrossEntropy(label_smoothing), metrics=[MaskedAccuracy()],
+                  **compile_options)
+    return model
 
 
 def in_float32(model: keras.Model) -> keras.Model:

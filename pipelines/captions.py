@@ -15,6 +15,9 @@ references.
 
 Every image file is checked before training starts: a missing or unreadable image is a
 `DataError` that names it, not a traceback from inside a tf.data iterator halfway through an epoch.
+
+The tokenizer of the captions and the teacher-forced batches of (image, caption) pairs are here
+too; the photos' batches, of cached region grids, are in `pipelines.region_grids`.
 """
 
 import json
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines import DataError
+from pipelines import DataError, text_pairs
 
 TOKEN_FILE = "Flickr8k.token.txt"
 FLICKR_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", ".")
@@ -116,6 +119,55 @@ def split_by_image(images: list[str], references: list[list[str]], seed: int = S
     parts = (order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test])
     return tuple(Split([images[i] for i in part], [references[i] for i in part])
                  for part in parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens and teacher-forced batches
+# ---------------------------------------------------------------------------------------------
+
+
+def caption_pairs(split: Split, every_reference: bool) -> tuple[list[int], list[str]]:
+    """(image index, caption) training pairs: every reference, or only the first (the scenes'
+    canonical phrasing; the others stay references for BLEU)."""
+    pairs = [(i, refs[j]) for i, refs in enumerate(split.references)
+             for j in range(len(refs) if every_reference else 1)]
+    return [i for i, _ in pairs], [c for _, c in pairs]
+
+
+def standardized(captions: list[str]) -> list[str]:
+    """Lower-cased, punctuation split off: the text the tokenizers count words in."""
+    return [s.decode() for s in text_pairs.standardize(tf.constant(captions), lowercase=True)
+            .numpy().tolist()]
+
+
+def build_tokenizer(captions: list[str], max_tokens: int) -> text_pairs.Tokenizer:
+    vocabulary = text_pairs.adapt_vocabulary(standardized(captions), "word", max_tokens,
+                                             special=True)
+    return text_pairs.Tokenizer(vocabulary, "word", lowercase=True)
+
+
+def caption_ids(tokenizer: text_pairs.Tokenizer, captions: list[str], length: int) -> np.ndarray:
+    """int32 [n, length + 2]: [start] tokens [end], 0-padded, cut to `length` tokens."""
+    out = np.zeros([len(captions), length + 2], np.int32)
+    for row, ids in enumerate(tokenizer.id_lists(captions)):
+        ids = ids[:length]
+        out[row, : len(ids) + 2] = [text_pairs.START, *ids, text_pairs.END]
+    return out
+
+
+def batches(images: np.ndarray, index: list[int], ids: np.ndarray, batch_size: int,
+            shuffle: bool = False, seed: int = 0, multiple_of: int = 1) -> tf.data.Dataset:
+    """((image uint8 [b, H, W, 3], caption_in [b, T]), caption_out [b, T]), teacher forcing."""
+    count = len(index) - len(index) % multiple_of if len(index) >= multiple_of else len(index)
+    data = tf.data.Dataset.from_tensor_slices((np.asarray(index[:count], np.int32), ids[:count]))
+    if shuffle:  # the apps build each epoch's pipeline afresh, with its own seed
+        data = data.shuffle(count, seed=seed, reshuffle_each_iteration=False)
+    table = tf.constant(images)
+    # `count` and the batch are multiples of the replicas, so every batch splits evenly (Keras
+    # 3.15 under MirroredStrategy fails on one that does not).
+    data = data.batch(batch_size)
+    return data.map(lambda i, c: ((tf.gather(table, i), c[:, :-1]), c[:, 1:]),
+                    num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,14 +156,10 @@ def photo_captions(splits: dict[str, list[list[str]]], min_count: int = MIN_COUN
         for name, refs in references.items()})
 
 
-def standardized(captions: list[str]) -> list[str]:
-    return [s.decode() for s in text_pairs.standardize(tf.constant(captions), lowercase=True)
-            .numpy().tolist()]
-
-
 def vocabulary(captions: list[str], min_count: int = MIN_COUNT) -> list[str]:
     """[start], [end], then the words seen at least `min_count` times, most frequent first."""
-    counts = Counter(word for text in standardized(captions) for word in text.split())
+    counts = Counter(word for text in caption_data.standardized(captions)
+                     for word in text.split())
     words = sorted((w for w, n in counts.items() if n >= min_count),
                    key=lambda w: (-counts[w], w))
     return [text_pairs.START_TOKEN, text_pairs.END_TOKEN, *(
@@ -175,11 +171,8 @@ def caption_blocks(tokenizer: text_pairs.Tokenizer, references: list[list[str]],
     """int32 [photos, per_photo, length + 2]: [start] words [end], 0-padded, cut to `length`
     words; a photo with more references keeps its first `per_photo`."""
     flat = [refs[k] for refs in references for k in range(per_photo)]
-    out = np.zeros([len(flat), length + 2], np.int32)
-    for row, ids in enumerate(tokenizer.id_lists(flat)):
-        ids = ids[:length]
-        out[row, : len(ids) + 2] = [text_pairs.START, *ids, text_pairs.END]
-    return out.reshape(len(references), per_photo, length + 2)
+    return caption_data.caption_ids(tokenizer, flat, length).reshape(
+        len(references), per_photo, length + 2)
 
 
 def grid_batches(grids: np.ndarray, blocks: np.ndarray, photos_per_batch: int,

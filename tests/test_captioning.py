@@ -17,6 +17,7 @@ from PIL import Image
 
 from apps import captioning, runner
 from models import photo_training
+from models.sequence_training import compile_teacher_forced
 from pipelines import DataError, text_pairs
 from pipelines import captions as caption_data
 from serving.litert_captioning import CaptionLiteRT
@@ -271,19 +272,19 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps(data, 
     normalisation statistics, the loss's token count and the gradient clipping of the whole
     global batch, not of each replica's half (per-replica statistics: losses 1e-4 apart,
     weights a fifth of the distance they moved)."""
-    index, captions = captioning.caption_pairs(data.train, every_reference=False)
+    index, captions = caption_data.caption_pairs(data.train, every_reference=False)
     index, captions = index[:96], captions[:96]
-    tokenizer = captioning.build_tokenizer(captions)
-    ids = captioning.caption_ids(tokenizer, captions, 12)
+    tokenizer = caption_data.build_tokenizer(captions, captioning.MAX_TOKENS)
+    ids = caption_data.caption_ids(tokenizer, captions, 12)
     images = caption_data.image_array(data.train.images, captioning.IMAGE_SIZE)
-    three = captioning.batches(images, index, ids, 32, multiple_of=2)
+    three = caption_data.batches(images, index, ids, 32, multiple_of=2)
 
     def three_steps(strategy):
         keras.utils.set_random_seed(7)
         with strategy.scope():  # as `train` builds it, with the same rate on both sides
             model = captioning.build_model(tokenizer.size, decoder, embedding_dim=16, units=32,
                                            filters=(8, 16, 16))
-            captioning.compile_model(model, steps=3, learning_rate=1e-2)
+            compile_teacher_forced(model, steps=3, learning_rate=1e-2)
         initial = np.concatenate([w.numpy().ravel() for w in model.weights])
         steps = StepLosses()
         model.fit(three, verbose=0, callbacks=[steps])
@@ -801,15 +802,15 @@ def grid_transformer():
     rng = np.random.default_rng(3)
     patterns = rng.normal(0, 1, (3, 1280))
     grids, texts = made_up_grids(rng, patterns, 800)
-    tokenizer = captioning.build_tokenizer(texts)
-    ids = captioning.caption_ids(tokenizer, texts, 5)  # [start] 5 words [end]
+    tokenizer = caption_data.build_tokenizer(texts, captioning.MAX_TOKENS)
+    ids = caption_data.caption_ids(tokenizer, texts, 5)  # [start] 5 words [end]
     sizes = {"alpha": 0.35, "captions_per_photo": 1, "caption_length": 6,
              "image_size": PHOTO_SIZE, "decoder": "transformer", "layers": 2, "heads": 2,
              "memory_dim": 32, "ff": 64}
     keras.utils.set_random_seed(0)
     (photo_model, grid_model), (untrained, _) = (build_photo_models(tokenizer.size, **sizes)
                                                  for _ in range(2))
-    captioning.compile_model(grid_model, 150, 3e-3, label_smoothing=0.1)
+    compile_teacher_forced(grid_model, 150, 3e-3, label_smoothing=0.1)
     grid_model.fit((grids.astype(np.float16), ids[:, None, :-1]), ids[:, 1:], batch_size=32,
                    epochs=6, verbose=0)
     held_out, held_out_texts = made_up_grids(rng, patterns, 30)

@@ -197,28 +197,29 @@ def test_seq2seq_trains_a_step_round_trips_and_exports_server_and_phone_signatur
 
 @pytest.mark.parametrize("decoder", ["attention", "show-and-tell"])
 def test_captioner_trains_a_step_round_trips_and_exports(decoder, tmp_path):
-    from apps import captioning
     from models import captioner
+    from models.sequence_training import compile_teacher_forced
+    from pipelines import captions as caption_data
 
     keras.utils.set_random_seed(0)
     captions = ["a red circle", "a blue square", "two red squares", "a blue circle"]
-    tokenizer = captioning.build_tokenizer(captions)
+    tokenizer = caption_data.build_tokenizer(captions, max_tokens=100)
     model = captioner.build_model(tokenizer.size, decoder, image_size=16, embedding_dim=8,
                                   units=8, filters=(4, 4, 4))
-    captioning.compile_model(model, steps=4)
+    compile_teacher_forced(model, steps=4, learning_rate=3e-3)
     images = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3)).astype(np.uint8)
-    (x, y), = captioning.batches(images, [0, 1, 2, 3], captioning.caption_ids(
+    (x, y), = caption_data.batches(images, [0, 1, 2, 3], caption_data.caption_ids(
         tokenizer, captions, 4), 4).take(1)
     assert_training_steps_move_weights(model, x, y)
     reloaded = assert_round_trip(model, x, tmp_path / "model.keras")
 
     captioner_ = captioner.Captioner(reloaded, tokenizer, max_length=5)
-    signatures = signatures_of(captioning.serving_archive(captioner_, beam_width=2),
+    signatures = signatures_of(captioner.serving_archive(captioner_, beam_width=2),
                                tmp_path / "1")
     png = tf.io.encode_png(images[0])
     served = signatures["serving_default"](images=tf.stack([png, png]))
     assert served["caption"].shape == (2,)
-    lite = signatures_of(captioning.lite_archive(captioner_), tmp_path / "lite")
+    lite = signatures_of(captioner.lite_archive(captioner_), tmp_path / "lite")
     assert {"encode", "decode_step"} <= set(lite)
 
 
