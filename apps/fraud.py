@@ -15,8 +15,9 @@ model), so the exported SavedModel takes rows as a client has them.
 
 The threshold that turns a score into a flag is chosen on the validation split (the F1-best
 threshold when it holds anomalies, else the 99.5th percentile of its normal scores) and is baked
-into the export. The same labelled validation rows pick the best epoch (`ValidationDetection`):
-an autoencoder's detection peaks and then falls while its reconstruction loss still improves.
+into the export. The same labelled validation rows pick the best epoch
+(`models.anomaly.ValidationDetection`): an autoencoder's detection peaks and then falls while its
+reconstruction loss still improves.
 """
 
 import argparse
@@ -105,34 +106,6 @@ def load_data(run: dict) -> tabular.Splits:
     return splits
 
 
-class ValidationDetection(keras.callbacks.Callback):
-    """Adds `val_pr_auc`, the average precision of the detector's scores on the labelled
-    validation split, to each epoch's logs (before the checkpoint and CSV callbacks read them).
-
-    Why not the validation loss: an autoencoder keeps lowering its reconstruction error by
-    learning to rebuild more of everything, frauds included; its detection peaks and then
-    declines while the loss still falls. With labelled validation rows, the epoch that
-    detects best is the one to keep. With `save_to`, it also keeps the best detector itself
-    (for the RBM, whose fitted model is its trainer)."""
-
-    def __init__(self, detector: anomaly.AnomalyDetector, validation: tabular.Table,
-                 save_to: Path | None = None, best: float | None = None):
-        super().__init__()
-        self.detector, self.validation, self.save_to = detector, validation, save_to
-        self.best = -1.0 if best is None else best
-
-    def on_epoch_end(self, epoch, logs=None):
-        from sklearn.metrics import average_precision_score
-
-        scores = anomaly.score(self.detector, self.validation.features)
-        if not np.isfinite(scores).all():  # a diverged epoch detects nothing
-            scores = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
-        logs["val_pr_auc"] = float(average_precision_score(self.validation.labels, scores))
-        if self.save_to is not None and logs["val_pr_auc"] > self.best:
-            self.best = logs["val_pr_auc"]
-            self.detector.save(self.save_to)
-
-
 def fit_detector(run: runner.TrainingRun, detector: anomaly.AnomalyDetector,
                  splits: tabular.Splits) -> int:
     """Trains on the training normals; returns the number of steps. The best epoch: the
@@ -159,7 +132,7 @@ def fit_detector(run: runner.TrainingRun, detector: anomaly.AnomalyDetector,
     if labelled is None:
         return run.fit(detector, epoch_batches, **fit_options, monitor="val_loss", mode="min")
     return run.fit(detector, epoch_batches, **fit_options, monitor="val_pr_auc", mode="max",
-                   callbacks=[ValidationDetection(detector, labelled)])
+                   callbacks=[anomaly.ValidationDetection(detector, labelled)])
 
 
 def fit_rbm(run: runner.TrainingRun, detector: anomaly.AnomalyDetector, epoch_batches,
@@ -173,7 +146,7 @@ def fit_rbm(run: runner.TrainingRun, detector: anomaly.AnomalyDetector, epoch_ba
     selection = []
     if labelled is not None:
         best = runner.best_so_far(run.path, "val_pr_auc") if run.resumed is not None else None
-        selection = [ValidationDetection(detector, labelled, save_to=checkpoint, best=best)]
+        selection = [anomaly.ValidationDetection(detector, labelled, save_to=checkpoint, best=best)]
     steps = run.fit(trainer, epoch_batches, **fit_options, monitor=None, callbacks=selection)
     if labelled is None:
         detector.save(checkpoint)

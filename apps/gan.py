@@ -22,7 +22,6 @@ The LeNet-5 is `apps.digit_ocr`'s, trained on the same data.
 
 import argparse
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,35 +113,6 @@ def gan_batches(split: tf.data.Dataset, global_batch: int,
     )
 
 
-def write_png(pixels: np.ndarray, path: Path) -> None:
-    """A grey PNG written under a temporary name and renamed: never half a file at `path`."""
-    from PIL import Image
-
-    partial = path.with_name(f".{path.name}.partial")
-    Image.fromarray(pixels).save(partial, format="PNG")
-    os.replace(partial, path)
-
-
-class EpochSamples(keras.callbacks.Callback):
-    """After each epoch: samples/epoch_NNN.png from fixed noise, and the generator saved as
-    generator.keras (the last trained model is what `generate`, `evaluate` and `export` use)."""
-
-    def __init__(self, run_dir: Path, conditional: bool):
-        super().__init__()
-        self.run_dir = run_dir
-        self.noise, self.labels = dcgan.fixed_grid_inputs(conditional)
-
-    def on_epoch_end(self, epoch, logs=None):
-        generator = self.model.generator
-        frames = dcgan.sample_frames(generator, self.noise, self.labels)
-        (self.run_dir / "samples").mkdir(exist_ok=True)
-        write_png(dcgan.sheet(frames, GRID_ROWS),
-                  self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
-        partial = self.run_dir / ".generator.partial.keras"  # `save` wants the .keras suffix
-        generator.save(partial)
-        os.replace(partial, self.run_dir / "generator.keras")
-
-
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
@@ -179,9 +149,9 @@ def train(config: TrainConfig | None = None) -> dict:
     steps = run.fit(gan, epoch_batches, steps_per_epoch=steps_per_epoch,
                     validation_data=gan_batches(dataset.validation, run.global_batch,
                                                 config.seed),
-                    monitor=None, callbacks=[EpochSamples(run.path, config.model == "cgan")])
+                    monitor=None, callbacks=[dcgan.EpochSamples(run.path, config.model == "cgan")])
     noise, labels = dcgan.fixed_grid_inputs(config.model == "cgan")
-    write_png(dcgan.sheet(dcgan.sample_frames(gan.generator, noise, labels), GRID_ROWS),
+    dcgan.write_png(dcgan.sheet(dcgan.sample_frames(gan.generator, noise, labels), GRID_ROWS),
               run.path / "samples.png")
 
     figures = evaluate(run.path, evaluator=config.evaluator, quiet=True) | {"steps": steps}
@@ -363,13 +333,13 @@ def generate(output: Path, count: int = 100, digit: int | None = None, grid: boo
     stem = run["model"] + (f"_{class_names[digit]}" if digit is not None else "")
     if grid:
         path = output / f"{stem}_grid.png"
-        write_png(dcgan.sheet(frames, GRID_ROWS, scale=1), path)
+        dcgan.write_png(dcgan.sheet(frames, GRID_ROWS, scale=1), path)
         return [path]
     paths = []
     for i, frame in enumerate(tqdm(frames, desc="PNG", disable=count < 500)):
         name = stem if labels is None or digit is not None else f"{stem}_{class_names[labels[i]]}"
         paths.append(output / f"{name}_{i:04d}.png")
-        write_png(frame[..., 0], paths[-1])
+        dcgan.write_png(frame[..., 0], paths[-1])
     return paths
 
 

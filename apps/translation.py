@@ -298,42 +298,9 @@ def held_out_metrics(translator: Translator, corpus: Corpus, run_dir: Path,
         "examples": [{"source": s, "reference": r, "translation": h}
                      for s, r, h in list(zip(sources, references, hypotheses))[:EXAMPLES]],
     }
-    plot_attention(translator, sources[0], run_dir / "attention.png")
+    seq2seq.plot_attention(translator, sources[0], run_dir / "attention.png")
     runner.write_json(run_dir / "evaluation.json", metrics)
     return metrics
-
-
-def plot_attention(translator: Translator, sentence: str, path: Path) -> Path:
-    """Heat map of where the decoder looked while writing the translation of `sentence`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = translator.best_ids([sentence])
-    output_ids = best["tokens"][0][: best["lengths"][0]]
-    # [outputs, source tokens]; a Transformer's last layer gives one map per head
-    weights = translator.attention(sentence, output_ids)
-    maps = weights[None] if weights.ndim == 2 else weights
-    source_tokens = [t.decode() for t in translator.source.tokens(
-        translator.source.ids(tf.constant([sentence]))).to_list()[0]]
-    output_tokens = [t.decode() or "[end]" for t in translator.target.tokens(
-        tf.constant(output_ids)).numpy()]
-    figure, axes = plt.subplots(1, len(maps), squeeze=False,
-                                figsize=(len(maps) * (0.45 * len(source_tokens) + 2.5),
-                                         0.35 * len(output_tokens) + 2))
-    for head, (axis, heat) in enumerate(zip(axes[0], maps)):
-        axis.imshow(heat, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-        axis.set_xticks(range(len(source_tokens)),
-                        [t if t != " " else "␣" for t in source_tokens], rotation=60, ha="right")
-        axis.set_yticks(range(len(output_tokens)),
-                        [t if t != " " else "␣" for t in output_tokens])
-        axis.set(xlabel="source", ylabel="translation",
-                 title="Attention weights" if len(maps) == 1 else f"Cross-attention, head {head}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 def evaluate(run_dir: Path | None = None, beam_width: int | None = None,
@@ -386,33 +353,9 @@ def translate(sentences: list[str], run_dir: Path | None = None, beam_width: int
 # export: a string-in, string-out SavedModel; encode + decode_step .tflite for phones
 # ---------------------------------------------------------------------------------------------
 
-TFLITE_SIGNATURES = ("encode", "decode_step")
 # No full-int8 variant: TF 2.21's converter crashes (segmentation fault) while calibrating this
 # two-signature RNN model. "dynamic" (int8 weights, float activations) is the small one.
 LITE_VARIANTS = ("float32", "float16", "dynamic")
-
-
-def text_config(splits: list[str], lowercase: bool) -> dict:
-    """litert.json's text part: how `serving.litert_seq2seq` turns sentences into ids and back,
-    the rules `text_pairs` applies with TensorFlow ops."""
-    return {
-        "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK, "start": text_pairs.START,
-                "end": text_pairs.END},
-        "source_vocab": "source_vocab.txt", "target_vocab": "target_vocab.txt",
-        "source_split": splits[0], "target_split": splits[1],
-        "lowercase": lowercase, "standardize": text_pairs.STANDARDIZE_RULES,
-    }
-
-
-def lite_config(translator: Translator, run: dict, source_length: int) -> dict:
-    """litert.json: what `serving.litert_seq2seq` needs to translate without TensorFlow."""
-    return {
-        "kind": "seq2seq", "signatures": list(TFLITE_SIGNATURES),
-        "source_length": source_length, "max_output_length": translator.max_output_length,
-        "output_margin": seq2seq.OUTPUT_MARGIN,
-        "states": translator.decoder.state_count,
-        **text_config(run["splits"], run["lowercase"]),
-    }
 
 
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False,
@@ -445,8 +388,9 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
         Path(model_base) / APP, serving_archive(translator, *decoding_of(run, None, None)),
         assets={"source_vocab.txt": run.file("source_vocab.txt"),
                 "target_vocab.txt": run.file("target_vocab.txt"),
-                "litert.json": lite_config(translator, config, source_length)},
-        tflite=export_lib.TFLiteFiles(APP, TFLITE_SIGNATURES, variants=LITE_VARIANTS,
+                "litert.json": seq2seq.lite_config(translator, config["splits"],
+                                                   config["lowercase"], source_length)},
+        tflite=export_lib.TFLiteFiles(APP, seq2seq.LITE_SIGNATURES, variants=LITE_VARIANTS,
                                       check=check, archive=lite_archive(translator,
                                                                         source_length)),
         report={"run": str(run.path.resolve()), "checked_sentences": len(check_set),

@@ -25,12 +25,15 @@ the F1-best one on labelled validation rows, else a high percentile of normal ro
 `detection_figures` says how well the flags and the ranking of scores find the anomalies.
 """
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from layers.rbm import RBM, RBMTrainer  # also registers them for loading checkpoints
+from pipelines.tabular import Table
 
 # Capacity: an autoencoder that can rebuild everything rebuilds frauds too; a wider network
 # with a larger code peaks after a few epochs and then loses detection (bench/README.md).
@@ -432,3 +435,36 @@ def serving_archive(detector: AnomalyDetector, input_names: list[str], threshold
         input_signature=[tf.TensorSpec([None, len(input_names)], tf.float32, name="features")],
     )
     return archive
+
+
+# ---------------------------------------------------------------------------------------------
+# While training: the epoch that detects best
+# ---------------------------------------------------------------------------------------------
+
+
+class ValidationDetection(keras.callbacks.Callback):
+    """Adds `val_pr_auc`, the average precision of the detector's scores on the labelled
+    validation split, to each epoch's logs (before the checkpoint and CSV callbacks read them).
+
+    Why not the validation loss: an autoencoder keeps lowering its reconstruction error by
+    learning to rebuild more of everything, frauds included; its detection peaks and then
+    declines while the loss still falls. With labelled validation rows, the epoch that
+    detects best is the one to keep. With `save_to`, it also keeps the best detector itself
+    (for the RBM, whose fitted model is its trainer)."""
+
+    def __init__(self, detector: AnomalyDetector, validation: Table,
+                 save_to: Path | None = None, best: float | None = None):
+        super().__init__()
+        self.detector, self.validation, self.save_to = detector, validation, save_to
+        self.best = -1.0 if best is None else best
+
+    def on_epoch_end(self, epoch, logs=None):
+        from sklearn.metrics import average_precision_score
+
+        scores = score(self.detector, self.validation.features)
+        if not np.isfinite(scores).all():  # a diverged epoch detects nothing
+            scores = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+        logs["val_pr_auc"] = float(average_precision_score(self.validation.labels, scores))
+        if self.save_to is not None and logs["val_pr_auc"] > self.best:
+            self.best = logs["val_pr_auc"]
+            self.detector.save(self.save_to)

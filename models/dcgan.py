@@ -32,6 +32,9 @@ step of G), so Keras' `fit`, callbacks, step backups and distribution strategies
 model. Only the generator is saved; it is a plain functional model of Keras layers.
 """
 
+import os
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -434,3 +437,37 @@ def serving_archive(generator: keras.Model, conditional: bool) -> keras.export.E
         archive.add_endpoint("generate_png", lambda noise: {"png_bytes": pngs(draw(noise))},
                              input_signature=[noise_spec])
     return archive
+
+
+# ---------------------------------------------------------------------------------------------
+# While training: the sample sheet of every epoch
+# ---------------------------------------------------------------------------------------------
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    """A grey PNG written under a temporary name and renamed: never half a file at `path`."""
+    from PIL import Image
+
+    partial = path.with_name(f".{path.name}.partial")
+    Image.fromarray(pixels).save(partial, format="PNG")
+    os.replace(partial, path)
+
+
+class EpochSamples(keras.callbacks.Callback):
+    """After each epoch: samples/epoch_NNN.png from fixed noise, and the generator saved as
+    generator.keras (the last trained model is what `generate`, `evaluate` and `export` use)."""
+
+    def __init__(self, run_dir: Path, conditional: bool):
+        super().__init__()
+        self.run_dir = run_dir
+        self.noise, self.labels = fixed_grid_inputs(conditional)
+
+    def on_epoch_end(self, epoch, logs=None):
+        generator = self.model.generator
+        frames = sample_frames(generator, self.noise, self.labels)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        write_png(sheet(frames, GRID_ROWS),
+                  self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
+        partial = self.run_dir / ".generator.partial.keras"  # `save` wants the .keras suffix
+        generator.save(partial)
+        os.replace(partial, self.run_dir / "generator.keras")

@@ -19,6 +19,8 @@ smoothing, Szegedy et al., 2016; `models.sequence_training`). Translating is a b
 as the search's step function, with the tokenizers that turn strings into ids and back.
 """
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -259,6 +261,8 @@ class Translator(EncoderDecoderSearch):
 # Export archives: strings in and out for servers, encode + decode_step for phones
 # ---------------------------------------------------------------------------------------------
 
+LITE_SIGNATURES = ("encode", "decode_step")
+
 
 def serving_archive(translator: Translator, beam_width: int = BEAM_WIDTH,
                     alpha: float = ALPHA) -> keras.export.ExportArchive:
@@ -306,3 +310,60 @@ def lite_archive(translator: Translator, source_length: int) -> keras.export.Exp
         tf.TensorSpec([1], tf.int32, name="token"), spec(memory, "memory"), spec(keys, "keys"),
         spec(mask, "source_mask"), *[spec(s, f"state_{i}") for i, s in enumerate(state)]])
     return archive
+
+
+def text_config(splits: list[str], lowercase: bool) -> dict:
+    """litert.json's text part: how `serving.litert_seq2seq` turns sentences into ids and back,
+    the rules `text_pairs` applies with TensorFlow ops."""
+    return {
+        "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK, "start": text_pairs.START,
+                "end": text_pairs.END},
+        "source_vocab": "source_vocab.txt", "target_vocab": "target_vocab.txt",
+        "source_split": splits[0], "target_split": splits[1],
+        "lowercase": lowercase, "standardize": text_pairs.STANDARDIZE_RULES,
+    }
+
+
+def lite_config(translator: Translator, splits: list[str], lowercase: bool,
+                source_length: int) -> dict:
+    """litert.json: what `serving.litert_seq2seq` needs to translate without TensorFlow."""
+    return {
+        "kind": "seq2seq", "signatures": list(LITE_SIGNATURES),
+        "source_length": source_length, "max_output_length": translator.max_output_length,
+        "output_margin": OUTPUT_MARGIN,
+        "states": translator.decoder.state_count,
+        **text_config(splits, lowercase),
+    }
+
+
+def plot_attention(translator: Translator, sentence: str, path: Path) -> Path:
+    """Heat map of where the decoder looked while writing the translation of `sentence`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = translator.best_ids([sentence])
+    output_ids = best["tokens"][0][: best["lengths"][0]]
+    # [outputs, source tokens]; a Transformer's last layer gives one map per head
+    weights = translator.attention(sentence, output_ids)
+    maps = weights[None] if weights.ndim == 2 else weights
+    source_tokens = [t.decode() for t in translator.source.tokens(
+        translator.source.ids(tf.constant([sentence]))).to_list()[0]]
+    output_tokens = [t.decode() or "[end]" for t in translator.target.tokens(
+        tf.constant(output_ids)).numpy()]
+    figure, axes = plt.subplots(1, len(maps), squeeze=False,
+                                figsize=(len(maps) * (0.45 * len(source_tokens) + 2.5),
+                                         0.35 * len(output_tokens) + 2))
+    for head, (axis, heat) in enumerate(zip(axes[0], maps)):
+        axis.imshow(heat, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        axis.set_xticks(range(len(source_tokens)),
+                        [t if t != " " else "␣" for t in source_tokens], rotation=60, ha="right")
+        axis.set_yticks(range(len(output_tokens)),
+                        [t if t != " " else "␣" for t in output_tokens])
+        axis.set(xlabel="source", ylabel="translation",
+                 title="Attention weights" if len(maps) == 1 else f"Cross-attention, head {head}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -449,7 +449,7 @@ def test_litert_text_side_equals_the_graph_on_real_sentences(data, tmp_path):
                                                      lowercase)
         text_pairs.write_vocabulary(tmp_path / "source_vocab.txt", source.vocabulary)
         text_pairs.write_vocabulary(tmp_path / "target_vocab.txt", target.vocabulary)
-        (tmp_path / "litert.json").write_text(json.dumps(tr.text_config(splits, lowercase)))
+        (tmp_path / "litert.json").write_text(json.dumps(seq2seq.text_config(splits, lowercase)))
         python = Seq2SeqText(tmp_path)
         graph = text_pairs.Tokenizer(source.vocabulary, splits[0], lowercase, normalize=True)
         sentences = [s for s, _ in pairs]
