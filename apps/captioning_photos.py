@@ -1,6 +1,6 @@
 """Training a photo captioner: what `python -m apps.captioning train --encoder mobilenet_v2` does
-that the generated scenes do not. `apps.captioning` opens the run, loads the photos and reports
-the test figures; in between, in that run directory:
+that the generated scenes do not. `apps.captioning` opens the run and loads the photos; then, in
+that run directory:
 
 1. each photo's 7x7 grid from the frozen, ImageNet-pretrained MobileNetV2 is computed once and
    cached on disk in float16 (`pipelines.region_grids`); with `--fine-tune-encoder`, also the
@@ -11,27 +11,28 @@ the test figures; in between, in that run directory:
 3. then, if asked, MobileNetV2's top blocks train with the decoder (`fine_tune_phase`) or
    self-critical epochs train on sampled captions' CIDEr-D (`self_critical_phase`), each kept
    only where validation BLEU-4 improves on the model it started from;
-4. the beam width and length penalty are chosen on validation (`decoding.json`).
+4. the beam width and length penalty are chosen on validation (`decoding.json`), and the test
+   figures computed with them (`models.photo_training.evaluate_photos`).
 
 `export` publishes a photo run: a SavedModel that reads photo bytes and runs the chosen beam
 search in its graph, and for LiteRT a full-integer int8 encoder beside the decoder's steps.
-"""
 
-from __future__ import annotations
+A `config` here is `apps.captioning.TrainConfig`, typed by its base class: the app imports this
+module, never the other way round.
+"""
 
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from apps import runner
-from apps.runner import UsageError
+from apps.runner import TrainingConfig, UsageError
 from models import photo_captioner as photo
 from models import photo_training
 from models import self_critical as critic
@@ -40,9 +41,6 @@ from models.sequence_training import compile_teacher_forced
 from pipelines import captions as caption_data
 from pipelines import region_grids, text_pairs
 from serving import export as export_lib
-
-if TYPE_CHECKING:  # the app's options; the app imports this module, not the other way round
-    from apps.captioning import TrainConfig
 
 # The photo recipe: what the options left unset default to; a batch is 32 photos, each with all
 # of its (5) captions.
@@ -113,7 +111,7 @@ def photo_texts(dataset: caption_data.CaptionData, min_count: int
                                         "validation": dataset.validation.references}, min_count)
 
 
-def photo_settings(config: TrainConfig, text: region_grids.PhotoCaptions) -> dict:
+def photo_settings(config: TrainingConfig, text: region_grids.PhotoCaptions) -> dict:
     """What `photo.build_photo_models` builds, as run.json keeps it (the untrained copy and
     every later load are built from it)."""
     settings = {"alpha": config.encoder_alpha, "captions_per_photo": text.per_photo,
@@ -126,7 +124,7 @@ def photo_settings(config: TrainConfig, text: region_grids.PhotoCaptions) -> dic
             "members": config.members}
 
 
-def photo_grid_cache(run_dir: Path, photo_model: keras.Model, config: TrainConfig,
+def photo_grid_cache(run_dir: Path, photo_model: keras.Model, config: TrainingConfig,
                      cut: bool = False) -> region_grids.RegionCache:
     """The run's grid cache, keyed by what makes a grid: encoder, alpha, weights, size; with
     `cut`, the cache of MobileNetV2's output below the blocks --fine-tune-encoder trains."""
@@ -147,7 +145,7 @@ def photo_grid_cache(run_dir: Path, photo_model: keras.Model, config: TrainConfi
 # ---------------------------------------------------------------------------------------------
 
 
-def train(run: runner.TrainingRun, config: TrainConfig, dataset: caption_data.CaptionData
+def train(run: runner.TrainingRun, config: TrainingConfig, dataset: caption_data.CaptionData
           ) -> dict:
     """Trains in `run` (opened, not started): the grids cached, the decoder's cross-entropy
     epochs (or `--members`), then `--self-critical-epochs` or `--fine-tune-encoder`, then the
@@ -209,7 +207,7 @@ def train(run: runner.TrainingRun, config: TrainConfig, dataset: caption_data.Ca
                                   cut_grids)}
 
 
-def train_members(run: runner.TrainingRun, config: TrainConfig,
+def train_members(run: runner.TrainingRun, config: TrainingConfig,
                   text: region_grids.PhotoCaptions, grids: dict, cut_grids: dict | None,
                   ensemble: keras.Model, learning_rate: float) -> dict:
     """`--members N`: N attention LSTMs on the same cached grids, each trained as a lone one is
@@ -267,7 +265,7 @@ def train_members(run: runner.TrainingRun, config: TrainConfig,
 
 
 def train_member(member: keras.Model, grid_model: keras.Model, folder: Path, k: int,
-                 config: TrainConfig, text: region_grids.PhotoCaptions, grids: dict,
+                 config: TrainingConfig, text: region_grids.PhotoCaptions, grids: dict,
                  learning_rate: float, global_batch: int) -> float:
     """Member k's cross-entropy epochs in `folder` (resumable), its best epoch by validation
     BLEU-4 saved as `folder`/best.keras; returns that BLEU-4."""
@@ -301,7 +299,7 @@ def train_member(member: keras.Model, grid_model: keras.Model, folder: Path, k: 
 # ---------------------------------------------------------------------------------------------
 
 
-def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.PhotoCaptions,
+def self_critical_phase(run_dir: Path, config: TrainingConfig, text: region_grids.PhotoCaptions,
                         grids: dict, photo_model: keras.Model, grid_model: keras.Model,
                         strategy) -> dict:
     """`config.self_critical_epochs` of self-critical training (`models.self_critical`) from the
@@ -339,7 +337,7 @@ def self_critical_phase(run_dir: Path, config: TrainConfig, text: region_grids.P
             "self_critical_start_val_bleu4": starting, "best_val_bleu4": selection.best}
 
 
-def fine_tune_phase(run_dir: Path, config: TrainConfig, text: region_grids.PhotoCaptions,
+def fine_tune_phase(run_dir: Path, config: TrainingConfig, text: region_grids.PhotoCaptions,
                     cut_grids: dict, photo_model: keras.Model, strategy) -> dict:
     """`--fine-tune-encoder`, once the decoder has converged: MobileNetV2's top blocks train
     with the head and decoder (`photo.build_fine_tune_model`) for `config.fine_tune_epochs` at
@@ -396,7 +394,7 @@ def starting_score(folder: Path, selection: photo_training.ValidationBLEU,
     return selection.best
 
 
-def self_critical(run_dir: Path, config: TrainConfig, dataset: caption_data.CaptionData
+def self_critical(run_dir: Path, config: TrainingConfig, dataset: caption_data.CaptionData
                   ) -> dict:
     """The `self-critical` command on a trained photo run, in place: `self_critical_phase` (a
     killed one resumes from its backup), then the decoding chosen again and the test figures.
@@ -422,7 +420,7 @@ def self_critical(run_dir: Path, config: TrainConfig, dataset: caption_data.Capt
 # ---------------------------------------------------------------------------------------------
 
 
-def choose_and_evaluate(run_dir: Path, config: TrainConfig, dataset: caption_data.CaptionData,
+def choose_and_evaluate(run_dir: Path, config: TrainingConfig, dataset: caption_data.CaptionData,
                         text: region_grids.PhotoCaptions, validation_grids,
                         cut_grids: dict | None = None) -> dict:
     """The run's best.keras: the beam width and length penalty chosen on validation (kept in

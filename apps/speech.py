@@ -374,7 +374,7 @@ def tflite_archive(model: keras.Model, run: dict) -> keras.export.ExportArchive:
 def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bool = False) -> dict:
     """Publishes a run's best model as the next version under `model_base/speech/`, each
     .tflite variant run in LiteRT (features by the numpy twin) against Keras on the test split."""
-    from serving import litert_speech
+    from serving import litert, litert_speech
 
     run_dir = find_run(run_dir).path
     model, run = load_run(run_dir)
@@ -388,7 +388,7 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
 
     def check(path: Path) -> dict:
         classify = litert_speech.open_signature(path)
-        predicted = litert_speech.classify(classify, twin).argmax(axis=1)
+        predicted = litert.digit_probabilities(classify, twin).argmax(axis=1)
         return {"accuracy": float((predicted == labels).mean()),
                 "agreement_with_keras": float((predicted == keras_predicted).mean())}
 
@@ -424,7 +424,7 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
 def served_figures(version_dir: Path, run_dir: Path | None = None) -> list[dict]:
     """The test recordings as a user sends them, WAV files, through every served path, beside
     what `evaluate` scores on the same recordings: one row per path (the skew check)."""
-    from serving import litert_speech
+    from serving import litert, litert_speech
 
     model, run = load_run(run_dir)
     dataset = audio.load_speech_dataset(run["data"], run.get("holdout"))
@@ -443,7 +443,7 @@ def served_figures(version_dir: Path, run_dir: Path | None = None) -> list[dict]
         for variant in TFLITE_VARIANTS:
             classify = litert_speech.open_signature(extra / f"{APP}_{variant}.tflite")
             read[f"LiteRT {variant}"] = [result["text"] for result in
-                                         litert_speech.read_files(classify, files, names)]
+                                         litert.read_wav_files(classify, files, names)]
     return [{"app": APP, "path": path, "figure": "test accuracy",
              "value": float(np.mean([text == names[label] for text, label in zip(texts, labels)])),
              "examples": len(labels)} for path, texts in read.items()]

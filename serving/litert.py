@@ -151,12 +151,46 @@ def read_arrays(runner: SignatureRunner, config: dict, files: list[Path],
     return lines
 
 
+def digit_probabilities(runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """A speech model's `classify`: {"features": [N, 61, 40], "frames": int32 [N]} ->
+    probabilities [N, 10], one call each (the signature has a fixed batch of 1)."""
+    rows = [runner(features=inputs["features"][i : i + 1], frames=inputs["frames"][i : i + 1])
+            ["probabilities"][0] for i in range(len(inputs["frames"]))]
+    return np.stack(rows) if rows else np.zeros((0, 10), np.float32)
+
+
+def read_recording(runner: SignatureRunner, samples: np.ndarray,
+                   labels: list[str]) -> tuple[str, list[float]]:
+    """One recording (8 kHz) -> the digits spoken in it and a confidence for each. Without a
+    pause it is read whole, as the SavedModel reads it."""
+    from pipelines import wav
+
+    pieces = wav.split_at_pauses(samples)
+    probabilities = digit_probabilities(
+        runner, wav.model_inputs(pieces if len(pieces) > 1 else [samples]))
+    return ("".join(labels[i] for i in probabilities.argmax(axis=1)),
+            [float(p) for p in probabilities.max(axis=1)])
+
+
+def read_wav_files(runner: SignatureRunner, files: list[Path], labels: list[str]) -> list[dict]:
+    from pipelines import wav
+
+    recordings = [wav.read_wav(path) for path in files]  # all checked up front
+    results = []
+    for path, samples in zip(files, recordings):
+        text, confidences = read_recording(runner, samples, labels)
+        results.append({"file": str(path), "text": text, "confidences": confidences})
+    return results
+
+
 def read_spoken_digits(runner: SignatureRunner, config: dict, files: list[Path],
                        labels: list[str]) -> list[str]:
-    """`wav_log_mel`: WAV files of spoken digits (`serving.litert_speech`)."""
-    from serving import litert_speech
-
-    return litert_speech.lines(runner, config, files, labels)
+    """`wav_log_mel`: WAV files of spoken digits, their log-mel frames computed by
+    `pipelines.wav`, the numpy twin of the SavedModel's graph; a recording with several digits
+    is cut at its pauses and each stretch read as one digit."""
+    labels = labels or [str(digit) for digit in range(10)]
+    return [f"{r['file']}: {r['text']}  [{' '.join(f'{c:.2f}' for c in r['confidences'])}]"
+            for r in read_wav_files(runner, files, labels)]
 
 
 PREPROCESSORS = {"mnist_digits": read_digit_images, "wav_log_mel": read_spoken_digits,

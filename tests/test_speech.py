@@ -298,7 +298,7 @@ def test_the_conv_frontend_trains_ignores_the_padding_and_exports(subset, tmp_pa
     (and however the recurrence runs, unrolled or not) the probabilities stay the same; float32
     and int8 .tflite with builtin ops only read the test recordings as Keras does."""
     from serving import export as export_lib
-    from serving import litert_speech
+    from serving import litert, litert_speech
 
     config = speech.TrainConfig(**TINY, frontend="conv")
     keras.utils.set_random_seed(3)
@@ -330,6 +330,6 @@ def test_the_conv_frontend_trains_ignores_the_padding_and_exports(subset, tmp_pa
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             flatbuffer = export_lib.convert_to_tflite(tmp_path / "lite", speech.TFLITE_SIGNATURE,
                                                       variant, samples)
-        lite = litert_speech.classify(litert_speech.open_signature(flatbuffer), test)
+        lite = litert.digit_probabilities(litert_speech.open_signature(flatbuffer), test)
         # int8: within a few quantisation steps (1/256) of Keras
         np.testing.assert_allclose(lite, clean, atol=1e-4 if variant == "float32" else 0.03)
