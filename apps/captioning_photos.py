@@ -163,11 +163,6 @@ def train(run: runner.TrainingRun, config: TrainingConfig, dataset: caption_data
                                                             cut=True), photos, run.path)
                  if config.fine_tune_encoder else None)
 
-    def epoch_batches(epoch: int) -> tf.data.Dataset:
-        return region_grids.grid_batches(grids["train"], text.blocks["train"],
-                                         run.global_batch, shuffle=True, seed=config.seed + epoch)
-
-    steps_per_epoch = int(epoch_batches(0).cardinality())
     learning_rate = run.scaled_learning_rate(config.learning_rate)
     trained_before = (run.path / "metrics.json").is_file()
     run.start(dataset=dataset.name, max_length=text.length + 1, train_images=len(dataset.train),
@@ -182,20 +177,10 @@ def train(run: runner.TrainingRun, config: TrainingConfig, dataset: caption_data
         metrics = train_members(run, config, text, grids, cut_grids, photo_model,
                                 learning_rate)
     else:
-        with run.strategy.scope():
-            compile_teacher_forced(grid_model, config.epochs * steps_per_epoch, learning_rate,
-                                   photo.LABEL_SMOOTHING if config.decoder == "transformer"
-                                   else 0.0)
-        selection = photo_training.ValidationBLEU(
-            photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
-            grids["validation"], text.references["validation"], run.path / "best.keras",
-            best=runner.best_so_far(run.path, "val_bleu4") if run.resumed else None)
-        steps = run.fit(grid_model, epoch_batches, steps_per_epoch=steps_per_epoch,
-                        monitor=None, validation_data=region_grids.grid_batches(
-                            grids["validation"], text.blocks["validation"], run.global_batch),
-                        callbacks=[selection])
-        metrics = {"training_seconds": run.training_seconds, "epochs": config.epochs,
-                   "steps": steps, "best_val_bleu4": selection.best}
+        metrics = cross_entropy_phase(
+            photo_model, grid_model, run.path, run.resumed is not None, config, text, grids,
+            learning_rate, run.global_batch, config.seed,
+            photo.LABEL_SMOOTHING if config.decoder == "transformer" else 0.0)
         if config.self_critical_epochs:
             metrics.update(self_critical_phase(run.path, config, text, grids, photo_model,
                                                grid_model, run.strategy))
@@ -238,9 +223,12 @@ def train_members(run: runner.TrainingRun, config: TrainingConfig,
             # in the second phase resumes there, not in a retrained first one.
             trained = folder / "cross_entropy.json"
             if not trained.is_file():
-                runner.write_json(trained, {"val_bleu4": train_member(
-                    member, grid_model, folder, k, config, text, grids, learning_rate,
-                    run.global_batch)})
+                resumed = runner.start_run(folder) is not None
+                print(f"member {k + 1} of {config.members}", flush=True)
+                figures = cross_entropy_phase(member, grid_model, folder, resumed, config, text,
+                                              grids, learning_rate, run.global_batch,
+                                              config.seed + 1000 * k)
+                runner.write_json(trained, {"val_bleu4": figures["best_val_bleu4"]})
             best = json.loads(trained.read_text())["val_bleu4"]
             if k == 0 and cut_grids is not None:
                 best = fine_tune_phase(folder, config, text, cut_grids, member,
@@ -264,34 +252,38 @@ def train_members(run: runner.TrainingRun, config: TrainingConfig,
                 "fine_tuned_val_bleu4": scores[0]} if cut_grids is not None else {})}
 
 
-def train_member(member: keras.Model, grid_model: keras.Model, folder: Path, k: int,
-                 config: TrainingConfig, text: region_grids.PhotoCaptions, grids: dict,
-                 learning_rate: float, global_batch: int) -> float:
-    """Member k's cross-entropy epochs in `folder` (resumable), its best epoch by validation
-    BLEU-4 saved as `folder`/best.keras; returns that BLEU-4."""
-    resumed = runner.start_run(folder)
+def cross_entropy_phase(photo_model: keras.Model, grid_model: keras.Model, folder: Path,
+                        resumed: bool, config: TrainingConfig,
+                        text: region_grids.PhotoCaptions, grids: dict, learning_rate: float,
+                        global_batch: int, seed: int, label_smoothing: float = 0.0) -> dict:
+    """The decoder's cross-entropy epochs in `folder`, prepared by `runner.start_run` (a kill
+    resumes exactly; `resumed`: from a backup there), shuffled by `seed` + epoch; the best
+    epoch by validation BLEU-4 saved as `folder`/best.keras. A lone run trains in its run
+    directory, a member of `--members` in its own. Returns the phase's figures."""
 
     def epoch_batches(epoch: int) -> tf.data.Dataset:
         return region_grids.grid_batches(grids["train"], text.blocks["train"], global_batch,
-                                         shuffle=True, seed=config.seed + 1000 * k + epoch)
+                                         shuffle=True, seed=seed + epoch)
 
     steps_per_epoch = int(epoch_batches(0).cardinality())
     with grid_model.distribute_strategy.scope():
-        compile_teacher_forced(grid_model, config.epochs * steps_per_epoch, learning_rate)
+        compile_teacher_forced(grid_model, config.epochs * steps_per_epoch, learning_rate,
+                               label_smoothing)
     selection = photo_training.ValidationBLEU(
-        member, photo.GridCaptioner(member, text.tokenizer, text.length + 1),
+        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
         grids["validation"], text.references["validation"], folder / "best.keras",
         best=runner.best_so_far(folder, "val_bleu4") if resumed else None)
-    print(f"member {k + 1} of {config.members}", flush=True)
-    runner.fit(grid_model, epoch_batches, config.epochs, folder,
-               steps_per_epoch=steps_per_epoch,
-               validation_data=region_grids.grid_batches(
-                   grids["validation"], text.blocks["validation"], global_batch),
-               callbacks=[selection, *runner.training_callbacks(
-                   folder, None, resumed=resumed is not None)],
-               backup_every=config.backup_every, jit=config.jit, verbose=config.verbose)
+    started = time.perf_counter()
+    steps = runner.fit(grid_model, epoch_batches, config.epochs, folder,
+                       steps_per_epoch=steps_per_epoch,
+                       validation_data=region_grids.grid_batches(
+                           grids["validation"], text.blocks["validation"], global_batch),
+                       callbacks=[selection, *runner.training_callbacks(folder, None,
+                                                                        resumed=resumed)],
+                       backup_every=config.backup_every, jit=config.jit, verbose=config.verbose)
     runner.plot_history(folder)
-    return selection.best
+    return {"training_seconds": round(time.perf_counter() - started, 1),
+            "epochs": config.epochs, "steps": steps, "best_val_bleu4": selection.best}
 
 
 # ---------------------------------------------------------------------------------------------

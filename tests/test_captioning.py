@@ -523,6 +523,43 @@ def test_photo_run_picks_epoch_by_bleu_and_beam_on_validation_and_has_the_baseli
         assert sheet.size[0] > 400
 
 
+def test_a_photo_run_killed_in_its_epochs_resumes_exactly(photo_run, mobilenet_file, tmp_path,
+                                                           monkeypatch, capsys):
+    """A lone photo run trains through `cross_entropy_phase` as a member does: killed right after
+    a backup inside its second epoch and run again, it ends as the run never killed did."""
+    from apps import backup
+
+    folder, _, _ = photo_run
+
+    def train(run_dir):
+        return captioning.train(captioning.TrainConfig(
+            data=str(folder), backbone="mobilenet_v2", backbone_weights=str(mobilenet_file),
+            epochs=2, run_dir=run_dir, evaluate_after=False, backup_every=1, **PHOTO_OPTIONS))
+
+    uninterrupted = train(tmp_path / "whole")
+    saved = backup.StepBackup.save
+
+    def killed_after_a_mid_epoch_backup(self, position):
+        saved(self, position)
+        if position.epoch == 1 and position.batch == 1:
+            raise KeyboardInterrupt  # as a kill would, right after the backup was written
+
+    monkeypatch.setattr(backup.StepBackup, "save", killed_after_a_mid_epoch_backup)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(run_dir)
+    monkeypatch.setattr(backup.StepBackup, "save", saved)
+    resumed = train(run_dir)
+    assert "epoch 2, 1 batches in" in capsys.readouterr().out
+    assert resumed["steps"] == uninterrupted["steps"] == 2 * 2  # 16 photos, 8 a batch
+    assert resumed["best_val_bleu4"] == uninterrupted["best_val_bleu4"]
+    assert (run_dir / "history.csv").read_text() == (tmp_path / "whole/history.csv").read_text()
+    for one, two in zip(*(keras.saving.load_model(d / "best.keras", compile=False).get_weights()
+                          for d in (tmp_path / "whole", run_dir))):
+        np.testing.assert_array_equal(one, two)
+    assert not (run_dir / "backup").exists()
+
+
 def test_self_critical_command_continues_a_photo_run_and_keeps_the_best_epoch(
         photo_run, tmp_path, capsys):
     folder, run_dir, _ = photo_run
