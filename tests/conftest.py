@@ -66,3 +66,29 @@ def exported(trained_run, tmp_path_factory):
     model_base = tmp_path_factory.mktemp("saved_models")
     report = digit_ocr.export(trained_run, model_base, quiet=True)
     return model_base, report
+
+
+@pytest.fixture
+def kill_after_backup(monkeypatch):
+    """`kill_after_backup(train, epoch, batch=None)` runs `train()` and kills it (a
+    KeyboardInterrupt, as a kill would) right after the backup written `batch` batches into
+    `epoch` (counted from 0; None: the first backup inside it). Later runs back up as usual."""
+    from apps import backup
+
+    saved = backup.StepBackup.save
+
+    def run_killed(train, epoch: int, batch: int | None = None) -> None:
+        def save_then_die(self, position):
+            saved(self, position)
+            if position.epoch == epoch and (position.batch == batch if batch is not None
+                                            else position.batch > 0):
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(backup.StepBackup, "save", save_then_die)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train()
+        finally:
+            monkeypatch.setattr(backup.StepBackup, "save", saved)
+
+    return run_killed

@@ -524,11 +524,9 @@ def test_photo_run_picks_epoch_by_bleu_and_beam_on_validation_and_has_the_baseli
 
 
 def test_a_photo_run_killed_in_its_epochs_resumes_exactly(photo_run, mobilenet_file, tmp_path,
-                                                           monkeypatch, capsys):
+                                                           kill_after_backup, capsys):
     """A lone photo run trains through `cross_entropy_phase` as a member does: killed right after
     a backup inside its second epoch and run again, it ends as the run never killed did."""
-    from apps import backup
-
     folder, _, _ = photo_run
 
     def train(run_dir):
@@ -537,18 +535,8 @@ def test_a_photo_run_killed_in_its_epochs_resumes_exactly(photo_run, mobilenet_f
             epochs=2, run_dir=run_dir, evaluate_after=False, backup_every=1, **PHOTO_OPTIONS))
 
     uninterrupted = train(tmp_path / "whole")
-    saved = backup.StepBackup.save
-
-    def killed_after_a_mid_epoch_backup(self, position):
-        saved(self, position)
-        if position.epoch == 1 and position.batch == 1:
-            raise KeyboardInterrupt  # as a kill would, right after the backup was written
-
-    monkeypatch.setattr(backup.StepBackup, "save", killed_after_a_mid_epoch_backup)
     run_dir = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(run_dir)
-    monkeypatch.setattr(backup.StepBackup, "save", saved)
+    kill_after_backup(lambda: train(run_dir), epoch=1, batch=1)
     resumed = train(run_dir)
     assert "epoch 2, 1 batches in" in capsys.readouterr().out
     assert resumed["steps"] == uninterrupted["steps"] == 2 * 2  # 16 photos, 8 a batch

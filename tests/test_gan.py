@@ -349,27 +349,18 @@ def test_evaluator_trained_on_other_data_is_refused(tmp_path, cgan_run, trained_
 # --- resume -----------------------------------------------------------------------------------
 
 
-def test_training_killed_mid_epoch_resumes_exactly(trained_run, tmp_path, monkeypatch, capsys):
+def test_training_killed_mid_epoch_resumes_exactly(trained_run, tmp_path, kill_after_backup,
+                                                   capsys):
     def train(run_dir):
         return gan.train(gan.TrainConfig(model="dcgan", epochs=2, filters=8, run_dir=run_dir,
                                          evaluator=trained_run, verbose=0, backup_every=1))
 
     uninterrupted = train(tmp_path / "whole")
-    saved = backup.StepBackup.save
-
-    def killed_after_a_mid_epoch_backup(self, position):
-        saved(self, position)
-        if position.epoch == 1 and position.batch > 0:
-            raise KeyboardInterrupt  # as a kill would, right after the backup was written
-
-    monkeypatch.setattr(backup.StepBackup, "save", killed_after_a_mid_epoch_backup)
     run_dir = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(run_dir)
+    kill_after_backup(lambda: train(run_dir), epoch=1)
     position = backup.latest_position(runner.backup_dir(run_dir))
     # 19 steps an epoch, 8 per call into the graph: the backup after epoch 2's first call
     assert position == backup.Position(epoch=1, batch=8, step=27), position
-    monkeypatch.setattr(backup.StepBackup, "save", saved)
     resumed = train(run_dir)
     assert "epoch 2, 8 batches in, step 27" in capsys.readouterr().out
     # The same run as one never killed: steps, history, weights.

@@ -114,9 +114,7 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device_for_three_steps():
         np.testing.assert_allclose(single, replicated, atol=1e-5)
 
 
-def test_training_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
-    from apps import backup
-
+def test_training_killed_mid_epoch_resumes_exactly(tmp_path, kill_after_backup):
     def train(run_dir):
         return tr.train(tr.TrainConfig(**(SMALL | {"size": 500, "epochs": 2, "layers": 1,
                                                    "heads": 2, "d_model": 16, "ff": 32}),
@@ -124,17 +122,7 @@ def test_training_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
                                        evaluate_after=False))
 
     uninterrupted = train(tmp_path / "whole")
-    saved = backup.StepBackup.save
-
-    def killed_after_a_mid_epoch_backup(self, position):
-        saved(self, position)
-        if position.epoch == 1 and position.batch == 3:
-            raise KeyboardInterrupt  # as a kill would, right after the backup was written
-
-    monkeypatch.setattr(backup.StepBackup, "save", killed_after_a_mid_epoch_backup)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "run")
-    monkeypatch.setattr(backup.StepBackup, "save", saved)
+    kill_after_backup(lambda: train(tmp_path / "run"), epoch=1, batch=3)
     resumed = train(tmp_path / "run")
     assert resumed["steps"] == uninterrupted["steps"]
     assert (tmp_path / "run/history.csv").read_text() == \
