@@ -407,8 +407,7 @@ def export(run_dir: Path | None = None, model_base: Path = MODEL_BASE, quiet: bo
             "litert.json": {
                 "kind": "captioning", "signatures": list(TFLITE_SIGNATURES),
                 "image_size": captioner.image_size, "max_length": captioner.max_length,
-                "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK,
-                        "start": text_pairs.START, "end": text_pairs.END},
+                "ids": text_pairs.SPECIAL_IDS,
                 "vocab": "vocab.txt"},
         },
         tflite=export_lib.TFLiteFiles(APP, TFLITE_SIGNATURES, variants=LITE_VARIANTS,

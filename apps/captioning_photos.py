@@ -431,7 +431,7 @@ def choose_and_evaluate(run_dir: Path, config: TrainingConfig, dataset: caption_
     if not config.evaluate_after:
         return decoding
     metrics = {**decoding, **held_out_metrics(best, dataset, run.path, decoding["beam_width"],
-                                          decoding["alpha"])}
+                                              decoding["alpha"])}
     print(f"captioning ({photo.BACKBONE} {config.encoder_alpha}, {config.decoder}) on"
           f" {dataset.name}: test BLEU-1..4 "
           + " / ".join(f"{metrics[f'bleu{n}']:.1f}" for n in range(1, 5))
@@ -478,8 +478,7 @@ def export(run: runner.RunDir, captioner: Captioner, app_base: Path,
                 "encoder": LITE["encoder"], "image_size": size,
                 "max_length": captioner.max_length, "vocab": "vocab.txt",
                 "beam_width": beam_width, "alpha": alpha,
-                "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK,
-                        "start": text_pairs.START, "end": text_pairs.END}},
+                "ids": text_pairs.SPECIAL_IDS},
         },
         tflite=export_lib.TFLiteFiles(LITE["decoder"], LITE["signatures"],
                                       variants=LITE["variants"], check=check,

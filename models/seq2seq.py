@@ -316,8 +316,7 @@ def text_config(splits: list[str], lowercase: bool) -> dict:
     """litert.json's text part: how `serving.litert_seq2seq` turns sentences into ids and back,
     the rules `text_pairs` applies with TensorFlow ops."""
     return {
-        "ids": {"pad": text_pairs.PAD, "unk": text_pairs.UNK, "start": text_pairs.START,
-                "end": text_pairs.END},
+        "ids": text_pairs.SPECIAL_IDS,
         "source_vocab": "source_vocab.txt", "target_vocab": "target_vocab.txt",
         "source_split": splits[0], "target_split": splits[1],
         "lowercase": lowercase, "standardize": text_pairs.STANDARDIZE_RULES,

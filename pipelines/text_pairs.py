@@ -36,6 +36,8 @@ import tensorflow as tf
 from pipelines import DataError
 
 PAD, UNK, START, END = 0, 1, 2, 3
+# The reserved ids by name, as the LiteRT runners read them from litert.json.
+SPECIAL_IDS = {"pad": PAD, "unk": UNK, "start": START, "end": END}
 START_TOKEN, END_TOKEN = "[start]", "[end]"
 SPLITS = ("word", "character")
 
