@@ -148,15 +148,16 @@ class TrainConfig(runner.TrainingConfig):
             raise DataError(f"{self.backbone_weights}: no such weights file (--encoder-weights)")
         if self.members < 1:
             raise UsageError(f"--members {self.members}: at least 1")
+        # A lone run's self-critical epochs would read grids that fine-tuning then changes; an
+        # ensemble's last member trains them on the fine-tuned grids
         if self.fine_tune_encoder and (self.backbone != PHOTO_ENCODER
-                                       or self.self_critical_epochs):
+                                       or (self.self_critical_epochs and self.members == 1)):
             raise UsageError(f"--fine-tune-encoder: for photos (--encoder {PHOTO_ENCODER}),"
-                             " without self-critical epochs (their grids would be stale)")
-        if self.members > 1 and (self.backbone != PHOTO_ENCODER or self.decoder != "attention"
-                                 or self.self_critical_epochs):
+                             " without self-critical epochs unless --members is 2 or more"
+                             " (their grids would be stale)")
+        if self.members > 1 and (self.backbone != PHOTO_ENCODER or self.decoder != "attention"):
             raise UsageError(f"--members {self.members}: an ensemble is of attention LSTMs on"
-                             f" photos (--encoder {PHOTO_ENCODER}), without self-critical"
-                             " epochs")
+                             f" photos (--encoder {PHOTO_ENCODER})")
 
     def _fill_defaults(self, defaults: dict):
         for name, value in defaults.items():

@@ -91,7 +91,8 @@ def add_train_options(parser) -> None:
                         metavar="N", help="epochs of it (default: %(default)s)")
     parser.add_argument("--self-critical-epochs", type=int, default=0, metavar="N",
                         help="photos: then N epochs of self-critical training on the"
-                             " captions' CIDEr-D (default: %(default)s)")
+                             " captions' CIDEr-D; with --members, of the last member, judged"
+                             " by the ensemble's validation BLEU-4 (default: %(default)s)")
     parser.add_argument("--self-critical-learning-rate", type=float,
                         default=critic.LEARNING_RATE, metavar="RATE",
                         help="Adam's rate for them (default: %(default)s)")
@@ -237,19 +238,44 @@ def train_members(run: runner.TrainingRun, config: TrainingConfig,
         scores.append(json.loads(done.read_text())["val_bleu4"])
         members.append(keras.saving.load_model(folder / "best.keras", compile=False))
     photo.join_members(ensemble, members).save(run.path / "best.keras")
-    joined = photo_training.ValidationBLEU(
-        ensemble, photo.GridCaptioner(ensemble, text.tokenizer, text.length + 1),
-        photo.top_grids(ensemble, cut_grids["validation"]) if cut_grids else grids["validation"],
-        text.references["validation"], run.path / "best.keras")
-    score = joined.score()[0]
+    if config.self_critical_epochs:
+        critical = self_critical_member(run, config, text, grids, ensemble, members)
+        score = critical["best_val_bleu4"]
+    else:  # `grids` are the ones every member read: through the fine-tuned top, if any
+        critical, score = {}, photo_training.ValidationBLEU(
+            ensemble, photo.GridCaptioner(ensemble, text.tokenizer, text.length + 1),
+            grids["validation"], text.references["validation"], run.path / "best.keras",
+        ).score()[0]
     print(f"ensemble of {config.members}: validation BLEU-4 {score:.2f} (members "
           + ", ".join(f"{s:.2f}" for s in scores) + ")", flush=True)
     tuned = run.path / "member_0" / "fine_tune" / "start.json"
     return {"training_seconds": round(time.perf_counter() - started, 1),
             "epochs": config.epochs, "members": config.members, "member_val_bleu4": scores,
-            "best_val_bleu4": score,
+            "best_val_bleu4": score, **critical,
             **({"fine_tune_start_val_bleu4": json.loads(tuned.read_text())["val_bleu4"],
                 "fine_tuned_val_bleu4": scores[0]} if cut_grids is not None else {})}
+
+
+def self_critical_member(run: runner.TrainingRun, config: TrainingConfig,
+                         text: region_grids.PhotoCaptions, grids: dict, ensemble: keras.Model,
+                         members: list[keras.Model]) -> dict:
+    """`--members N --self-critical-epochs K`: the last member trains K self-critical epochs
+    on the grids the members read, each judged by the ensemble's validation BLEU-4 with that
+    member in it (not by the member's own: what it should add is a policy the others do not
+    have). Then the run's best.keras is joined again. A finished phase is not trained again
+    (`self_critical.json`); a killed one resumes from its backup."""
+    folder = run.path / f"member_{config.members - 1}"
+    done = folder / "self_critical.json"
+    if not done.is_file():
+        with run.strategy.scope():
+            member, grid_model = photo.build_photo_models(
+                text.tokenizer.size, **{**run.dir.config()["photo_settings"], "members": 1})
+        runner.write_json(done, self_critical_phase(
+            folder, config, text, grids, member, grid_model, run.strategy,
+            ensemble=(ensemble, members[:-1])))
+    members[-1] = keras.saving.load_model(folder / "best.keras", compile=False)
+    photo.join_members(ensemble, members).save(run.path / "best.keras")
+    return json.loads(done.read_text())
 
 
 def cross_entropy_phase(photo_model: keras.Model, grid_model: keras.Model, folder: Path,
@@ -293,16 +319,25 @@ def cross_entropy_phase(photo_model: keras.Model, grid_model: keras.Model, folde
 
 def self_critical_phase(run_dir: Path, config: TrainingConfig, text: region_grids.PhotoCaptions,
                         grids: dict, photo_model: keras.Model, grid_model: keras.Model,
-                        strategy) -> dict:
+                        strategy, ensemble: tuple[keras.Model, list[keras.Model]] | None = None
+                        ) -> dict:
     """`config.self_critical_epochs` of self-critical training (`models.self_critical`) from the
     run's best.keras, in `<run>/self_critical` (its history.csv and backup: a kill resumes
     exactly with the `self-critical` command). best.keras is replaced only by an epoch whose
     validation BLEU-4 (`photo_training.SELF_CRITICAL_SELECTION`) beats the model it started
-    from, scored the same way."""
+    from, scored the same way. With `ensemble` (the joined model, the other members), the
+    model trained is the ensemble's last member, and the ensemble with it is what is scored."""
     folder = Path(run_dir) / "self_critical"
     resumed = runner.start_run(folder)
     with strategy.scope():
         photo_model.load_weights(Path(run_dir) / "best.keras")
+    judged, joining = photo_model, []
+    if ensemble is not None:
+        judged, others = ensemble
+        photo.join_members(judged, [*others, photo_model])
+        joining = [keras.callbacks.LambdaCallback(  # before `selection` scores the epoch
+            on_epoch_end=lambda epoch, logs: photo.join_members(judged, [*others, photo_model]))]
+    with strategy.scope():
         trainer = critic.self_critical_trainer(
             grid_model, photo_model, text.blocks["train"],
             runner.scaled_learning_rate(config.self_critical_learning_rate, strategy),
@@ -314,15 +349,15 @@ def self_critical_phase(run_dir: Path, config: TrainingConfig, text: region_grid
                                          shuffle=True, seed=config.seed + 1000 + epoch)
 
     selection = photo_training.ValidationBLEU(
-        photo_model, photo.GridCaptioner(photo_model, text.tokenizer, text.length + 1),
+        photo_model, photo.GridCaptioner(judged, text.tokenizer, text.length + 1),
         grids["validation"], text.references["validation"], Path(run_dir) / "best.keras",
         decodings=photo_training.SELF_CRITICAL_SELECTION)
     starting = starting_score(folder, selection, resumed)
     started = time.perf_counter()
     runner.fit(trainer, epoch_batches, config.self_critical_epochs, folder,
                steps_per_epoch=int(epoch_batches(0).cardinality()),
-               callbacks=[selection, keras.callbacks.CSVLogger(str(folder / "history.csv"),
-                                                               append=True)],
+               callbacks=[*joining, selection,
+                          keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True)],
                backup_every=config.backup_every, verbose=config.verbose)
     return {"self_critical_epochs": config.self_critical_epochs,
             "self_critical_seconds": round(time.perf_counter() - started, 1),

@@ -8,7 +8,9 @@ loader on a fixture with the real file layout. With --flickr8k: real photos.
         --weights ../shared/data/imagenet-weights/mobilenet_v2_{1.0,0.35}_224_no_top.weights.h5
     python -m bench.captioning --flickr8k ... --weights ... --decoders transformer --epochs 8
     python -m bench.captioning --flickr8k ... --weights ... --members 3 --epochs 7 \
-        --fine-tune-encoder --fine-tune-epochs 2     # an ensemble, MobileNetV2's top trained
+        --fine-tune-encoder --fine-tune-epochs 2 \
+        --self-critical-epochs 1    # an ensemble, MobileNetV2's top trained, the last member
+                                    # self-critical
 
 Flickr8k: for each MobileNetV2 weights file, `train --encoder mobilenet_v2` (grids cached,
 best epoch by validation BLEU-4, beam and length penalty chosen on validation), BLEU-1..4 on the
@@ -171,6 +173,7 @@ def flickr8k(args) -> dict:
             name += "" if decoder == "attention" else f"-{decoder}"
             name += f"-x{args.members}" if args.members > 1 and decoder == "attention" else ""
             name += "-fine-tuned" if args.fine_tune_encoder else ""
+            name += f"-sc{args.self_critical_epochs}" if args.self_critical_epochs else ""
             run_dir = workdir / name
             if "train" in args.stages:
                 options = {"decoder": decoder,

@@ -653,7 +653,7 @@ def ensemble_run(photo_run, mobilenet_file, tmp_path_factory):
     config = dict(data=str(folder), backbone="mobilenet_v2", epochs=2,
                   run_dir=tmp_path_factory.mktemp("ensemble") / "run",
                   backbone_weights=str(mobilenet_file), members=2, fine_tune_encoder=True,
-                  fine_tune_epochs=2, **PHOTO_OPTIONS)
+                  fine_tune_epochs=2, self_critical_epochs=1, **PHOTO_OPTIONS)
     return config, captioning.train(captioning.TrainConfig(**config))
 
 
@@ -683,11 +683,23 @@ def test_members_train_apart_on_the_grids_and_caption_together(ensemble_run):
     for joined, alone in zip(model.get_layer("encoder").backbone.weights,
                              first.get_layer("encoder").backbone.weights):
         np.testing.assert_array_equal(joined.numpy(), alone.numpy())
+    # --self-critical-epochs: the last member's epoch, judged by the ensemble with it (from the
+    # ensemble of the members' cross-entropy models, scored the same way)
+    critical = run_dir / "member_1" / "self_critical"
+    history = runner.read_history(critical)
+    start = json.loads((critical / "start.json").read_text())["val_bleu4"]
+    assert len(history["reward"]) == 1
+    assert metrics["self_critical_start_val_bleu4"] == start
+    assert metrics["best_val_bleu4"] == max(start, *history["val_bleu4"])
+    last = keras.saving.load_model(run_dir / "member_1" / "best.keras")
+    np.testing.assert_array_equal(decoder.decoders[1].output_dense.kernel.numpy(),
+                                  last.get_layer("decoder").output_dense.kernel.numpy())
+    assert not (critical / "backup").exists()
 
     # A finished member is not trained again when the run is resumed after a kill
     member_0 = (run_dir / "member_0" / "best.keras").stat().st_mtime_ns
-    for name in ("done.json", "cross_entropy.json"):  # killed in its cross-entropy epochs
-        (run_dir / "member_1" / name).unlink()
+    for name in ("done.json", "cross_entropy.json", "self_critical.json"):  # killed in its
+        (run_dir / "member_1" / name).unlink()  # cross-entropy epochs
     (run_dir / "metrics.json").unlink()  # the kill came before the run finished
     again = captioning.train(captioning.TrainConfig(**config))
     assert (run_dir / "member_0" / "best.keras").stat().st_mtime_ns == member_0
@@ -712,12 +724,14 @@ def test_an_ensemble_exports_like_one_lstm(ensemble_run, tmp_path):
 
 
 def test_fine_tuning_is_for_photos_without_self_critical_epochs(mobilenet_file, tmp_path):
+    photos = dict(data=str(tmp_path), backbone="mobilenet_v2",
+                  backbone_weights=str(mobilenet_file))
     with pytest.raises(runner.UsageError, match="--fine-tune-encoder"):
         captioning.TrainConfig(fine_tune_encoder=True)
     with pytest.raises(runner.UsageError, match="--fine-tune-encoder"):
-        captioning.TrainConfig(data=str(tmp_path), backbone="mobilenet_v2",
-                               backbone_weights=str(mobilenet_file), fine_tune_encoder=True,
-                               self_critical_epochs=1)
+        captioning.TrainConfig(**photos, fine_tune_encoder=True, self_critical_epochs=1)
+    # an ensemble's last member trains them on the fine-tuned grids
+    captioning.TrainConfig(**photos, fine_tune_encoder=True, self_critical_epochs=1, members=2)
 
 
 def test_members_are_for_photo_lstms(mobilenet_file, tmp_path):
