@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--scenes", type=int, default=captioning.SCENES)
     parser.add_argument("--epochs", type=int,
                         help=f"default: {captioning.SCENE['epochs']},"
-                             f" photos {captioning.PHOTO['epochs']}")
+                             f" photos {captioning_photos.DEFAULTS['epochs']}")
     parser.add_argument("--decoders", nargs="+", choices=captioning.TRAIN_DECODERS,
                         default=None,
                         help="scenes: attention and show-and-tell (default: both); --flickr8k:"
