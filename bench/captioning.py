@@ -174,9 +174,10 @@ def flickr8k(args) -> dict:
             name += f"-x{args.members}" if args.members > 1 and decoder == "attention" else ""
             name += "-fine-tuned" if args.fine_tune_encoder else ""
             name += f"-sc{args.self_critical_epochs}" if args.self_critical_epochs else ""
+            name += f"-seed{args.seed}" if args.seed != captioning.SEED else ""
             run_dir = workdir / name
             if "train" in args.stages:
-                options = {"decoder": decoder,
+                options = {"decoder": decoder, "seed": args.seed,
                            "self_critical_epochs": args.self_critical_epochs,
                            "members": args.members if decoder == "attention" else 1,
                            "fine_tune_encoder": args.fine_tune_encoder,
@@ -227,6 +228,8 @@ def main(argv=None) -> dict:
                         help="photos: then MobileNetV2's top blocks train too")
     parser.add_argument("--fine-tune-epochs", type=int, metavar="N",
                         help="epochs of it (default: apps.captioning's)")
+    parser.add_argument("--seed", type=int, default=captioning.SEED,
+                        help="photos: the runs' seed (default: %(default)s)")
     parser.add_argument("--stages", nargs="+", choices=("train", "lite"),
                         default=["train", "lite"])
     args = parser.parse_args(argv)
