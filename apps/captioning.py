@@ -265,6 +265,9 @@ def self_critical(run_dir: Path | None = None, epochs: int = SELF_CRITICAL_EPOCH
     if stored.get("backbone") != PHOTO_ENCODER:
         raise UsageError(f"{run.path}: self-critical training is for photo runs (--encoder"
                          f" {PHOTO_ENCODER})")
+    if stored.get("members", 1) > 1:
+        raise UsageError(f"{run.path}: an ensemble trains its last member's self-critical"
+                         " epochs with it (train --members N --self-critical-epochs K)")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in stored.items() if k in names}
                          | {"self_critical_epochs": epochs, "evaluate_after": evaluate_after,

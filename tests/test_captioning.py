@@ -707,6 +707,16 @@ def test_members_train_apart_on_the_grids_and_caption_together(ensemble_run):
     assert again["member_val_bleu4"][0] == metrics["member_val_bleu4"][0]
 
 
+def test_the_self_critical_command_leaves_an_ensemble_alone(ensemble_run, capsys):
+    config, _ = ensemble_run
+    before = (config["run_dir"] / "best.keras").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        runner.run_cli(captioning.main, ["self-critical", "--run-dir", str(config["run_dir"])])
+    assert stop.value.code == 2
+    assert "--self-critical-epochs" in capsys.readouterr().err
+    assert (config["run_dir"] / "best.keras").read_bytes() == before
+
+
 @pytest.mark.slow  # about a minute: the SavedModel and the .tflite files of two members
 def test_an_ensemble_exports_like_one_lstm(ensemble_run, tmp_path):
     config, _ = ensemble_run
