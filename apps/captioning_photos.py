@@ -10,7 +10,9 @@ that run directory:
    LSTMs train in turn and are joined into one ensemble;
 3. then, if asked, MobileNetV2's top blocks train with the decoder (`fine_tune_phase`) or
    self-critical epochs train on sampled captions' CIDEr-D (`self_critical_phase`), each kept
-   only where validation BLEU-4 improves on the model it started from;
+   only where validation BLEU-4 improves on the model it started from; in an ensemble, the
+   first member fine-tunes the top and the last one trains the self-critical epochs, judged by
+   the ensemble's BLEU-4 (`self_critical_member`);
 4. the beam width and length penalty are chosen on validation (`decoding.json`), and the test
    figures computed with them (`models.photo_training.evaluate_photos`).
 

@@ -1,4 +1,8 @@
-"""`make bench`: runs every benchmark in turn (hours on 2 cores; translation alone ~45 min)."""
+"""`make bench`: runs every benchmark in turn (hours on 2 cores; translation alone ~45 min), or
+the ones named. Each prints its table and saves its JSON in bench/results/; their own options
+are in `python -m bench.<name> --help`."""
+
+import argparse
 
 from bench import (
     captioning,
@@ -24,6 +28,25 @@ BENCHMARKS = [
     (speech, []),
 ]
 
+
+def name(benchmark) -> str:
+    return benchmark.__name__.removeprefix("bench.")
+
+
+def main(argv=None) -> None:
+    names = list(dict.fromkeys(name(b) for b, _ in BENCHMARKS))
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("only", nargs="*", metavar="NAME",
+                        help=f"run only these (in this order): {', '.join(names)}"
+                             " (default: all)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(names))
+    if unknown:
+        parser.error(f"no benchmark named {', '.join(unknown)}; choose from {', '.join(names)}")
+    for benchmark, benchmark_argv in BENCHMARKS:
+        if not args.only or name(benchmark) in args.only:
+            benchmark.main(benchmark_argv)
+
+
 if __name__ == "__main__":
-    for benchmark, argv in BENCHMARKS:
-        benchmark.main(argv)
+    main()
