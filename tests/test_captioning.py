@@ -511,8 +511,9 @@ def test_photo_run_picks_epoch_by_bleu_and_beam_on_validation_and_has_the_baseli
     assert len(history["val_bleu4"]) == 2 and metrics["best_val_bleu4"] == max(
         history["val_bleu4"])
     decoding = json.loads((run_dir / "decoding.json").read_text())
-    assert {(t["beam_width"], t["alpha"]) for t in decoding["validation"]} >= {(1, 0.0),
-                                                                               (3, 0.5)}
+    assert {(t["beam_width"], t["alpha"]) for t in decoding["validation"]} == {
+        (width, alpha) for width in photo_training.BEAM_WIDTHS
+        for alpha in (photo_training.LENGTH_PENALTIES if width > 1 else (0.0,))}
     best = max(decoding["validation"], key=lambda t: t["val_bleu4"])
     assert (decoding["beam_width"], decoding["alpha"]) == (best["beam_width"], best["alpha"])
     assert metrics["test_images"] == 4 and metrics["beam_width"] == decoding["beam_width"]
