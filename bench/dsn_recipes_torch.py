@@ -179,7 +179,8 @@ def train(recipe: str, seed: int, mnist, *, units, epochs, learning_rate: float 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.dsn_recipes_torch",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RECIPE:SEED",
                         help=f"recipes: {', '.join(RECIPES)}")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "mnist")

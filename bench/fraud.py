@@ -159,7 +159,8 @@ def table_rows(results, keys, target=None):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.fraud",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=fraud.EPOCHS)
     parser.add_argument("--workdir", type=Path, default=runner.RUNS_ROOT / "bench" / "fraud")

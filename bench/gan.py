@@ -36,7 +36,8 @@ def shared_lenet(data: str) -> Path | None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gan",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["cgan", "dcgan"], choices=gan.MODELS)
     parser.add_argument("--epochs", type=int, help="default: per model, see EPOCHS")
     parser.add_argument("--batch-size", type=int, default=gan.BATCH_SIZE)

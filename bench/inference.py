@@ -111,7 +111,8 @@ def main(argv=None) -> dict:
     from apps import runner
     from pipelines import images
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.inference",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args(argv)
 

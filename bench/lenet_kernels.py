@@ -137,7 +137,8 @@ def pytorch_times(batch_size: int, repeats: int) -> dict:
 def main(argv=None) -> dict:
     from apps import runner
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.lenet_kernels",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--repeats", type=int, default=REPEATS)
     args = parser.parse_args(argv)

@@ -141,7 +141,8 @@ def pytorch(train, test, epochs, batch_size, seed) -> tuple[float, float]:
 def main(argv=None) -> dict:
     from apps import runner
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.lenet_training",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)

@@ -86,7 +86,8 @@ def main(argv=None) -> dict:
     from apps import runner
     from pipelines import images
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.lenet_tuning",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--intra-op", type=int, default=0, help="0: TensorFlow's choice")

@@ -46,7 +46,8 @@ def configuration(model_name: str, epochs: int) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.mnist_layers",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["dbn", "dsn"], choices=["dbn", "dsn"])
     parser.add_argument("--epochs", type=int,
                         help=f"backpropagation epochs (default: {EPOCHS})")

@@ -21,7 +21,8 @@ SCHEDULES = {"lenet5": (20, 128), "lenet5-modern": (40, 128)}
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.mnist_lenet",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--epochs", type=int, help="default: per model, see SCHEDULES")
     parser.add_argument("--batch-size", type=int, help="default: per model, see SCHEDULES")

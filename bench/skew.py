@@ -41,7 +41,8 @@ def skew_rows(app: str, config, workdir: Path) -> list[dict]:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.skew",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--apps", nargs="+",
                         default=["digit_ocr", "gan", "fraud", "translation", "captioning"])
     parser.add_argument("--mnist", action="store_true",

@@ -130,7 +130,8 @@ def torch_tokens_per_second(batches, source_vocab, target_vocab, config) -> floa
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.transformer_speed",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=TIMED_BATCHES)
     args = parser.parse_args(argv)
     if not TATOEBA.is_file():

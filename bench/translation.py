@@ -108,7 +108,8 @@ def cache_speed(translator: seq2seq.Translator, sentences: list[str]) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.translation",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=TATOEBA)
     parser.add_argument("--model", choices=tr.MODELS, default="rnn")
     parser.add_argument("--epochs", type=int)

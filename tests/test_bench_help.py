@@ -22,4 +22,5 @@ def test_a_benchmark_prints_its_help_and_runs_nothing(name, capsys):
     with pytest.raises(SystemExit) as stop:
         module.main(["--help"])
     assert stop.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: ")
+    command = "python -m bench" if name == "__main__" else f"python -m bench.{name}"
+    assert capsys.readouterr().out.startswith(f"usage: {command} ")
