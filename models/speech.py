@@ -37,12 +37,14 @@ SEGMENTS equally spaced points of the recording (triangular weights, so a short 
 solved in closed form.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
 
 from layers.dsn import DeepStackingNetwork
-from pipelines.wav import NUM_FRAMES, NUM_MELS
+from pipelines.wav import LOG_OFFSET, NUM_FRAMES, NUM_MELS
 
 NUM_CLASSES = 10
 FRONTENDS = ("none", "conv")
@@ -54,21 +56,43 @@ SEGMENTS = 16  # DSN: points along a recording at which its frames are averaged
 # softmax of them divided by this temperature gives probabilities a confidence can be read from.
 DSN_TEMPERATURE = 0.1
 EPSILON = 1e-3
+# The recurrent classifier hears each recording down to this many dB below its loudest cell:
+# FSDD's speakers were recorded with noise floors from 25 to 55 dB below their speech, and the
+# floor of the training speakers is not one a new microphone shares (bench/README.md).
+DYNAMIC_RANGE_DB = 40.0
 WEIGHT_FLOOR = 1e-7  # attention: the least total weight the recording's frames are divided by
 
 
 @keras.saving.register_keras_serializable(package="models")
 class UtteranceNormalization(layers.Layer):
     """(features [B, T, M], mask [B, T]) -> features with each recording's mean per band removed,
-    divided by the recording's standard deviation, padding frames zero."""
+    divided by the recording's standard deviation, padding frames zero.
+
+    `dynamic_range_db`: first raise every cell to at least the recording's loudest cell less this
+    many dB, so that what lies below (the room's noise, or the digital silence of an edited file)
+    looks the same from one recording to the next. None: no floor."""
+
+    def __init__(self, dynamic_range_db: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.dynamic_range_db = dynamic_range_db
 
     def call(self, features, mask):
         weights = mask[..., None]  # [B, T, 1]
+        if self.dynamic_range_db is not None:
+            # Padding is log(LOG_OFFSET), the least a cell can hold: a bound that keeps the
+            # int8 range of this tensor that of the features themselves.
+            recording = ops.where(weights > 0, features, math.log(LOG_OFFSET))
+            loudest = ops.max(recording, axis=(1, 2), keepdims=True)  # [B, 1, 1]
+            floor = loudest - self.dynamic_range_db * math.log(10.0) / 10.0  # dB -> ln(power)
+            features = ops.maximum(features, floor)
         frames = ops.maximum(ops.sum(weights, axis=1, keepdims=True), 1.0)  # [B, 1, 1]
         mean = ops.sum(features * weights, axis=1, keepdims=True) / frames  # [B, 1, M]
         centred = (features - mean) * weights
         variance = ops.sum(centred**2, axis=(1, 2), keepdims=True) / (frames * NUM_MELS)
         return centred / ops.sqrt(variance + EPSILON)
+
+    def get_config(self):
+        return {**super().get_config(), "dynamic_range_db": self.dynamic_range_db}
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -212,7 +236,7 @@ def build_rnn_classifier(cell: str = "lstm", units: int = 64, num_layers: int = 
     if frontend not in FRONTENDS:
         raise ValueError(f"frontend {frontend!r}: choose from {', '.join(FRONTENDS)}")
     features, frames, mask = model_inputs()
-    x = UtteranceNormalization(name="normalize")(features, mask)  # [B, T, M]
+    x = UtteranceNormalization(DYNAMIC_RANGE_DB, name="normalize")(features, mask)  # [B, T, M]
     if frontend == "conv":
         x = conv_frontend(x, mask)  # [B, T, 320]
     for k in range(num_layers):

@@ -123,6 +123,32 @@ def test_in_graph_features_equal_the_numpy_twin(subset):
     np.testing.assert_allclose(mel.numpy(), wav.mel_matrix(), atol=1e-5)
 
 
+def test_what_lies_below_the_dynamic_range_does_not_reach_the_model(subset):
+    """The same recordings with their quietest cells digital silence (an edited file) or a
+    noise floor 50 dB under the loudest cell (a hissing microphone): the recurrent model's
+    normalisation makes them the same frames, and without the floor it would not."""
+    from models.speech import DYNAMIC_RANGE_DB, UtteranceNormalization
+
+    test = audio.arrays(subset.test.subset(range(16)))
+    features, frames = test["features"], test["frames"]
+    mask = (np.arange(wav.NUM_FRAMES)[None] < frames[:, None]).astype(np.float32)
+    loudest = np.where(mask[..., None] > 0, features, -np.inf).max(axis=(1, 2), keepdims=True)
+    nats_per_db = np.log(10.0) / 10.0
+    quiet = (features < loudest - (DYNAMIC_RANGE_DB + 5) * nats_per_db) & (mask[..., None] > 0)
+    assert quiet.sum() > 100  # the test recordings have cells to change
+    silent = np.where(quiet, np.log(wav.LOG_OFFSET), features).astype(np.float32)
+    hiss = np.random.default_rng(0).normal(loudest - 50 * nats_per_db, 0.3, features.shape)
+    hissing = np.where(quiet, hiss, features).astype(np.float32)
+
+    def normalized(values, dynamic_range_db):
+        layer = UtteranceNormalization(dynamic_range_db)
+        return layer(tf.constant(values), tf.constant(mask)).numpy()
+
+    np.testing.assert_allclose(normalized(silent, DYNAMIC_RANGE_DB),
+                               normalized(hissing, DYNAMIC_RANGE_DB), atol=1e-5)
+    assert np.abs(normalized(silent, None) - normalized(hissing, None)).max() > 0.5
+
+
 def test_augmented_batches_are_reproducible_and_keep_their_shapes(subset):
     def first(seed):
         inputs, labels = next(iter(audio.batches(subset.train.subset(range(16)), 8, shuffle=True,
