@@ -129,6 +129,8 @@ def main(argv=None) -> dict:
                              " %(default)s)")
     parser.add_argument("--warp", action="store_true",
                         help="the LSTM trained with vocal tract length perturbation too")
+    parser.add_argument("--seed", type=int, default=speech.SEED,
+                        help="every model's seed (default: %(default)s)")
     parser.add_argument("--no-dsn", action="store_true", help="skip the DSN")
     parser.add_argument("--workdir", type=Path,
                         help="keep the runs here, and reuse the finished ones found there"
@@ -140,7 +142,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"no FSDD in {FSDD}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-speech-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    lstm_options = {"frontend": args.frontend, "warp": args.warp}
+    lstm_options = {"frontend": args.frontend, "warp": args.warp, "seed": args.seed}
     speakers = sorted({path.stem.split("_")[1] for path in FSDD.glob("recordings/*.wav")})
     folds = [train_one(workdir, f"lstm-without-{speaker}", holdout=speaker,
                        epochs=args.fold_epochs, **lstm_options) | {"held out": speaker}
@@ -150,7 +152,7 @@ def main(argv=None) -> dict:
         return {"folds": folds}
     rows = [train_one(workdir, "lstm", **lstm_options)]
     if not args.no_dsn:
-        rows.append(train_one(workdir, "dsn", model="dsn"))
+        rows.append(train_one(workdir, "dsn", model="dsn", seed=args.seed))
     print()
     runner.print_table([{k: v for k, v in row.items() if k != "options"} for row in rows])
 

@@ -8,7 +8,9 @@ Both read what `pipelines.audio` (and its numpy twin `pipelines.wav`) make of a 
 
 and both first normalise each recording by itself (its mean per mel band removed, divided by its
 spread): the level of a microphone and the colour of a voice matter less, which is what lets a
-model hear a speaker it was not trained on.
+model hear a speaker it was not trained on. The recurrent classifier first lifts whatever lies
+more than DYNAMIC_RANGE_DB below the recording's loudest cell to that floor: one speaker's quiet
+room then sounds like another's hiss (the DSN, measured before this floor, hears everything).
 
 The recurrent classifier (`build_rnn_classifier`), as speech recognisers were built before
 transformers (Graves et al., 2013):
