@@ -231,14 +231,16 @@ def conv_frontend(x, mask, filters=CONV_FILTERS):
 
 def build_rnn_classifier(cell: str = "lstm", units: int = 64, num_layers: int = 2,
                          attention_units: int = 64, dropout: float = 0.3,
-                         unroll: bool = False, frontend: str = "none") -> keras.Model:
+                         unroll: bool = False, frontend: str = "none",
+                         dynamic_range_db: float | None = DYNAMIC_RANGE_DB) -> keras.Model:
     """Stacked bidirectional LSTM (or GRU) over the frames, attention pooling, softmax;
     `frontend="conv"` puts `conv_frontend` before the recurrent layers (a CRNN). `unroll`: the
-    recurrence written out step by step, for TFLite (see apps.speech.export)."""
+    recurrence written out step by step, for TFLite (see apps.speech.export).
+    `dynamic_range_db`: see `UtteranceNormalization` (None: a model trained before the floor)."""
     if frontend not in FRONTENDS:
         raise ValueError(f"frontend {frontend!r}: choose from {', '.join(FRONTENDS)}")
     features, frames, mask = model_inputs()
-    x = UtteranceNormalization(DYNAMIC_RANGE_DB, name="normalize")(features, mask)  # [B, T, M]
+    x = UtteranceNormalization(dynamic_range_db, name="normalize")(features, mask)  # [B, T, M]
     if frontend == "conv":
         x = conv_frontend(x, mask)  # [B, T, 320]
     for k in range(num_layers):

@@ -149,6 +149,27 @@ def test_what_lies_below_the_dynamic_range_does_not_reach_the_model(subset):
     assert np.abs(normalized(silent, None) - normalized(hissing, None)).max() > 0.5
 
 
+def test_a_run_trained_before_the_floor_exports_as_it_was_trained(subset, tmp_path):
+    """The .tflite graph is rebuilt (unrolled) from the run's options; a model saved without the
+    dynamic-range floor must not gain one there."""
+    test = audio.arrays(subset.test.subset(range(8)))
+    test["features"][:, :, :8] = np.log(wav.LOG_OFFSET)  # low bands silent: below any floor
+    run = {"model": "lstm", "cell": "lstm", "units": TINY["units"], "layers": TINY["layers"],
+           "frontend": "none"}
+    for dynamic_range_db in (None, 40.0):
+        keras.utils.set_random_seed(5)
+        model = speech.build_model(speech.TrainConfig(**TINY, frontend="none"),
+                                   dynamic_range_db=dynamic_range_db)
+        speech.tflite_archive(model, run).write_out(str(tmp_path / str(dynamic_range_db)),
+                                                    verbose=False)
+        loaded = tf.saved_model.load(str(tmp_path / str(dynamic_range_db)))
+        classify = getattr(loaded, speech.TFLITE_SIGNATURE)
+        exported = np.concatenate([classify(test["features"][i : i + 1],
+                                            test["frames"][i : i + 1])["probabilities"]
+                                   for i in range(8)])
+        np.testing.assert_allclose(exported, model.predict(test, verbose=0), atol=1e-5)
+
+
 def test_augmented_batches_are_reproducible_and_keep_their_shapes(subset):
     def first(seed):
         inputs, labels = next(iter(audio.batches(subset.train.subset(range(16)), 8, shuffle=True,
