@@ -1,9 +1,9 @@
 """Spoken digits: train, evaluate, read phone numbers from WAV files, export for serving and phones.
 
-    python -m apps.speech train                          # embedded FSDD subset, BiLSTM + attention
+    python -m apps.speech train                          # embedded FSDD subset, CRNN + attention
     python -m apps.speech train --model dsn --data ../shared/data/fsdd
     python -m apps.speech train --data ../shared/data/fsdd --holdout theo   # speaker-independent
-    python -m apps.speech train --data ../shared/data/fsdd --frontend conv  # a CRNN
+    python -m apps.speech train --data ../shared/data/fsdd --frontend none  # a plain BiLSTM
     python -m apps.speech evaluate                       # the run trained last
     python -m apps.speech predict number.wav             # "0 4 7 1 ..." with a confidence each
     python -m apps.speech export                         # -> saved_models/speech/<version>/
