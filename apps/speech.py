@@ -17,9 +17,10 @@ stacking network of `layers/dsn.py` on the frames stacked into one window (`mode
 """
 
 import argparse
+import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -35,6 +36,7 @@ from models.speech import (
     FRONTENDS,
     build_dsn_classifier,
     build_dsn_frontend,
+    build_ensemble,
     build_rnn_classifier,
 )
 from pipelines import audio, wav
@@ -87,6 +89,7 @@ class TrainConfig(runner.TrainingConfig):
     seed: int = SEED
     dsn_modules: int = DSN_MODULES
     dsn_units: int = DSN_UNITS
+    members: int = 1  # recurrent classifiers trained from seeds seed, seed + 1, ...; averaged
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -95,6 +98,8 @@ class TrainConfig(runner.TrainingConfig):
             raise UsageError(f"--cell {self.cell}: choose from {', '.join(CELLS)}")
         if self.frontend not in FRONTENDS:
             raise UsageError(f"--frontend {self.frontend}: choose from {', '.join(FRONTENDS)}")
+        if self.members < 1 or (self.members > 1 and self.model == "dsn"):
+            raise UsageError(f"--members {self.members}: 1 or more, of --model lstm")
         if self.epochs is None:
             self.epochs = DSN_REFINE_EPOCHS if self.model == "dsn" else EPOCHS
 
@@ -110,10 +115,16 @@ def default_run_dir(model_name: str) -> Path:
 
 def build_model(config: TrainConfig, unroll: bool = False,
                 dynamic_range_db: float | None = DYNAMIC_RANGE_DB) -> keras.Model:
-    """The recurrent classifier of `config` (the DSN is built while it trains: `train_dsn`)."""
-    return build_rnn_classifier(config.cell, config.units, config.layers, ATTENTION_UNITS,
-                                DROPOUT, unroll=unroll, frontend=config.frontend,
-                                dynamic_range_db=dynamic_range_db)
+    """The recurrent classifier of `config`, or the ensemble of `config.members` of them (the
+    DSN is built while it trains: `train_dsn`)."""
+    def member(name=None):
+        return build_rnn_classifier(config.cell, config.units, config.layers, ATTENTION_UNITS,
+                                    DROPOUT, unroll=unroll, frontend=config.frontend,
+                                    dynamic_range_db=dynamic_range_db, name=name)
+
+    if config.members == 1:
+        return member()
+    return build_ensemble([member(f"member_{k}") for k in range(config.members)])
 
 
 def compile_model(model: keras.Model, steps: int) -> keras.Model:
@@ -195,6 +206,9 @@ def train(config: TrainConfig | None = None) -> dict:
                              seed=config.seed + epoch)
 
     validation_batches = audio.batches(dataset.validation, run.global_batch)
+    # Members left by a killed ensemble are kept; those of a finished one are not.
+    resuming_members = (run.path / "member_0").is_dir() and not (
+        run.path / "metrics.json").is_file()
     run.start(class_names=dataset.class_names, data_name=dataset.name,
               train_recordings=len(dataset.train))
     steps = None
@@ -202,6 +216,8 @@ def train(config: TrainConfig | None = None) -> dict:
         with run.strategy.scope():
             train_dsn(dataset, config, run.path)
         runner.plot_history(run.path)
+    elif config.members > 1:
+        train_members(config, run.path, resuming_members)
     else:
         with run.strategy.scope():
             model = compile_model(build_model(config), config.epochs * steps_per_epoch)
@@ -216,6 +232,26 @@ def train(config: TrainConfig | None = None) -> dict:
           f" {metrics['test_accuracy']:.4f} ({metrics['test_examples']} recordings), run"
           f" directory {run.path}")
     return run.finish(metrics)
+
+
+def train_members(config: TrainConfig, run_dir: Path, resuming: bool) -> None:
+    """`--members N`: N recurrent classifiers trained one after another from seeds seed,
+    seed + 1, ..., each a run of its own in run_dir/member_k (backups, history, figures), then
+    joined by the mean of their probabilities into run_dir/best.keras. Run again after a kill,
+    it keeps the members it finished and resumes the one it was training."""
+    trained = []
+    for k in range(config.members):
+        member_dir = run_dir / f"member_{k}"
+        if not resuming and member_dir.exists():
+            shutil.rmtree(member_dir)
+        if not (member_dir / "metrics.json").is_file():
+            train(replace(config, members=1, seed=config.seed + k, run_dir=member_dir,
+                          mark_last=False))
+        trained.append(load_run(member_dir)[0])
+    ensemble = build_model(config)
+    for k, member in enumerate(trained):
+        ensemble.get_layer(f"member_{k}").set_weights(member.get_weights())
+    ensemble.save(run_dir / "best.keras")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,10 +394,12 @@ def tflite_archive(model: keras.Model, run: dict) -> keras.export.ExportArchive:
     """`classify` on one recording's frames, fixed shapes. The recurrent model is rebuilt with
     its recurrence unrolled: TF 2.21's int8 calibration crashes on an RNN's while loop."""
     if run["model"] != "dsn":
+        members = run.get("members", 1)
         # The trained model's own floor: a run trained before it had none.
+        normalize = (model.get_layer("member_0") if members > 1 else model).get_layer("normalize")
         unrolled = build_model(TrainConfig(**{key: run[key] for key in (
-            "model", "cell", "units", "layers")}, frontend=run.get("frontend", "none")),
-            unroll=True, dynamic_range_db=model.get_layer("normalize").dynamic_range_db)
+            "model", "cell", "units", "layers")}, frontend=run.get("frontend", "none"),
+            members=members), unroll=True, dynamic_range_db=normalize.dynamic_range_db)
         unrolled.set_weights(model.get_weights())
         model = unrolled
     archive = keras.export.ExportArchive()
@@ -500,6 +538,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="recurrent units per direction (default: %(default)s)")
     train_parser.add_argument("--layers", type=int, default=NUM_LAYERS,
                               help="stacked bidirectional layers (default: %(default)s)")
+    train_parser.add_argument("--members", type=int, default=1,
+                              help="--model lstm: an ensemble of this many, trained from seeds"
+                                   " --seed, --seed + 1, ... (default: %(default)s)")
     train_parser.add_argument("--run-dir", type=Path,
                               help="run directory (default: runs/speech/<model>)")
     train_parser.add_argument("--data", default=audio.DEFAULT_DATA, help=data_help)

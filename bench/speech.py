@@ -4,7 +4,8 @@ strings read by `predict`.
 
     python -m bench.speech                       # everything (about 40 CPU-minutes on 2 cores)
     python -m bench.speech --folds 2 --no-dsn    # the first two speaker folds, no DSN
-    python -m bench.speech --frontend conv       # the LSTM behind convolutions (a CRNN)
+    python -m bench.speech --frontend none       # the LSTM without its convolutions
+    python -m bench.speech --members 3           # the LSTM as an ensemble of three seeds
 
 1. Official split (takes 0-4 of every speaker test, 300 recordings): test accuracy, training wall
    and CPU time of `train --model lstm` and `train --model dsn`. Targets: LSTM >= 99.0%, DSN >= 97%.
@@ -129,6 +130,9 @@ def main(argv=None) -> dict:
                              " %(default)s)")
     parser.add_argument("--warp", action="store_true",
                         help="the LSTM trained with vocal tract length perturbation too")
+    parser.add_argument("--members", type=int, default=1,
+                        help="the LSTM as an ensemble of this many, official split and folds"
+                             " (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=speech.SEED,
                         help="every model's seed (default: %(default)s)")
     parser.add_argument("--no-dsn", action="store_true", help="skip the DSN")
@@ -142,7 +146,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"no FSDD in {FSDD}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-speech-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    lstm_options = {"frontend": args.frontend, "warp": args.warp, "seed": args.seed}
+    lstm_options = {"frontend": args.frontend, "warp": args.warp, "seed": args.seed,
+                    "members": args.members}
     speakers = sorted({path.stem.split("_")[1] for path in FSDD.glob("recordings/*.wav")})
     folds = [train_one(workdir, f"lstm-without-{speaker}", holdout=speaker,
                        epochs=args.fold_epochs, **lstm_options) | {"held out": speaker}

@@ -232,7 +232,8 @@ def conv_frontend(x, mask, filters=CONV_FILTERS):
 def build_rnn_classifier(cell: str = "lstm", units: int = 64, num_layers: int = 2,
                          attention_units: int = 64, dropout: float = 0.3,
                          unroll: bool = False, frontend: str = "none",
-                         dynamic_range_db: float | None = DYNAMIC_RANGE_DB) -> keras.Model:
+                         dynamic_range_db: float | None = DYNAMIC_RANGE_DB,
+                         name: str | None = None) -> keras.Model:
     """Stacked bidirectional LSTM (or GRU) over the frames, attention pooling, softmax;
     `frontend="conv"` puts `conv_frontend` before the recurrent layers (a CRNN). `unroll`: the
     recurrence written out step by step, for TFLite (see apps.speech.export).
@@ -248,8 +249,18 @@ def build_rnn_classifier(cell: str = "lstm", units: int = 64, num_layers: int = 
         x = layers.Dropout(dropout)(x)  # [B, T, 2 units]
     pooled = AttentionPooling(attention_units, name="attention")(x, mask)  # [B, 2 units]
     probabilities = layers.Dense(NUM_CLASSES, activation="softmax", name="digit")(pooled)
-    name = f"bi{cell}_attention" if frontend == "none" else f"{frontend}_bi{cell}_attention"
+    name = name or (f"bi{cell}_attention" if frontend == "none"
+                    else f"{frontend}_bi{cell}_attention")
     return keras.Model({"features": features, "frames": frames}, probabilities, name=name)
+
+
+def build_ensemble(members: list[keras.Model]) -> keras.Model:
+    """The mean of the members' probabilities: one model with their inputs and output. Each
+    member is a recurrent classifier trained on its own, from its own seed (`--members`)."""
+    features, frames, _ = model_inputs()
+    inputs = {"features": features, "frames": frames}
+    probabilities = layers.Average(name="digit")([member(inputs) for member in members])
+    return keras.Model(inputs, probabilities, name="ensemble")
 
 
 def build_dsn_frontend(segments: int = SEGMENTS) -> keras.Model:
