@@ -59,8 +59,8 @@ SEGMENTS = 16  # DSN: points along a recording at which its frames are averaged
 DSN_TEMPERATURE = 0.1
 EPSILON = 1e-3
 # The recurrent classifier hears each recording down to this many dB below its loudest cell:
-# FSDD's speakers were recorded with noise floors from 25 to 55 dB below their speech, and the
-# floor of the training speakers is not one a new microphone shares (bench/README.md).
+# FSDD's speakers were recorded with noise floors from 12 to 40 dB below their average level,
+# and the floor of the training speakers is not one a new microphone shares (bench/README.md).
 DYNAMIC_RANGE_DB = 40.0
 WEIGHT_FLOOR = 1e-7  # attention: the least total weight the recording's frames are divided by
 
