@@ -123,6 +123,8 @@ def main(argv=None) -> dict:
         "\n")[0])
     parser.add_argument("--folds", type=int, default=6,
                         help="speakers held out in turn (<= 6; 0: the official split only)")
+    parser.add_argument("--holdouts", nargs="+", metavar="SPEAKER",
+                        help="hold out these speakers in turn instead of the first --folds")
     parser.add_argument("--fold-epochs", type=int, default=speech.EPOCHS,
                         help="LSTM epochs per speaker fold (default: %(default)s)")
     parser.add_argument("--frontend", choices=speech.FRONTENDS, default=speech.DEFAULT_FRONTEND,
@@ -151,7 +153,7 @@ def main(argv=None) -> dict:
     speakers = sorted({path.stem.split("_")[1] for path in FSDD.glob("recordings/*.wav")})
     folds = [train_one(workdir, f"lstm-without-{speaker}", holdout=speaker,
                        epochs=args.fold_epochs, **lstm_options) | {"held out": speaker}
-             for speaker in speakers[: args.folds]]
+             for speaker in (args.holdouts or speakers[: args.folds])]
     if args.folds_only:
         runner.print_table(folds)
         return {"folds": folds}
