@@ -123,6 +123,17 @@ def test_in_graph_features_equal_the_numpy_twin(subset):
     np.testing.assert_allclose(mel.numpy(), wav.mel_matrix(), atol=1e-5)
 
 
+def unrolled_probabilities(model, run, inputs, folder, count=None):
+    """The first `count` recordings (all by default) through the graph the .tflite files are
+    converted from (`speech.tflite_archive`, written out and loaded back), one at a time."""
+    speech.tflite_archive(model, run).write_out(str(folder), verbose=False)
+    loaded = tf.saved_model.load(str(folder))  # kept: its variables live as long as it does
+    classify = getattr(loaded, speech.TFLITE_SIGNATURE)
+    return np.concatenate([classify(inputs["features"][i : i + 1],
+                                    inputs["frames"][i : i + 1])["probabilities"]
+                           for i in range(count or len(inputs["frames"]))])
+
+
 def test_what_lies_below_the_dynamic_range_does_not_reach_the_model(subset):
     """The same recordings with their quietest cells digital silence (an edited file) or a
     noise floor 50 dB under the loudest cell (a hissing microphone): the recurrent model's
@@ -160,13 +171,7 @@ def test_a_run_trained_before_the_floor_exports_as_it_was_trained(subset, tmp_pa
         keras.utils.set_random_seed(5)
         model = speech.build_model(speech.TrainConfig(**TINY, frontend="none"),
                                    dynamic_range_db=dynamic_range_db)
-        speech.tflite_archive(model, run).write_out(str(tmp_path / str(dynamic_range_db)),
-                                                    verbose=False)
-        loaded = tf.saved_model.load(str(tmp_path / str(dynamic_range_db)))
-        classify = getattr(loaded, speech.TFLITE_SIGNATURE)
-        exported = np.concatenate([classify(test["features"][i : i + 1],
-                                            test["frames"][i : i + 1])["probabilities"]
-                                   for i in range(8)])
+        exported = unrolled_probabilities(model, run, test, tmp_path / str(dynamic_range_db))
         np.testing.assert_allclose(exported, model.predict(test, verbose=0), atol=1e-5)
 
 
@@ -232,12 +237,7 @@ def test_an_ensemble_is_the_mean_of_its_members_and_exports_as_one(subset, tmp_p
     np.testing.assert_allclose(ensemble.predict(test, verbose=0), mean, atol=1e-5)
     assert metrics["test_accuracy"] == pytest.approx((mean.argmax(1) == subset.test.labels).mean())
 
-    speech.tflite_archive(ensemble, run).write_out(str(tmp_path / "lite"), verbose=False)
-    loaded = tf.saved_model.load(str(tmp_path / "lite"))
-    classify = getattr(loaded, speech.TFLITE_SIGNATURE)
-    exported = np.concatenate([classify(test["features"][i : i + 1],
-                                        test["frames"][i : i + 1])["probabilities"]
-                               for i in range(8)])
+    exported = unrolled_probabilities(ensemble, run, test, tmp_path / "lite", count=8)
     np.testing.assert_allclose(exported, mean[:8], atol=1e-5)
     with pytest.raises(runner.UsageError, match="--members"):
         speech.TrainConfig(model="dsn", members=2)
